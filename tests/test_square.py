@@ -91,3 +91,18 @@ def test_poisoning_request_too_large_fails():
     a = torch.tensor([0, 1, 0, 1] * 5)
     with pytest.raises(ValueError, match="group g=1 .* needs 9 images but the pool has only 5"):
         poison_indices(y, a, n_total=20, p=0.1)
+
+
+def test_square_csv_round_trip(tmp_path, bench):
+    from didae_xai.data.metadata_csv import load_image_folder, save_image_folder
+
+    part = bench.train.subset(list(range(0, 800, 50)))
+    save_image_folder(part, tmp_path / "sq")
+    header = (tmp_path / "sq" / "metadata.csv").read_text().splitlines()[0]
+    assert header == "id,filename,split,y,a,ClassA,ClassB,ClassC,ClassD,ColorA,ColorB,PositionX,PositionY"
+    back = load_image_folder(tmp_path / "sq")
+    assert torch.equal(back.images, part.images) and torch.equal(back.masks, part.masks)
+    assert torch.equal(back.y, part.y) and torch.equal(back.a, part.a) and torch.equal(back.split, part.split)
+    for name, values in part.factors.items():
+        assert torch.allclose(back.factors[name], values)
+    assert back.ids == part.ids

@@ -83,3 +83,13 @@ def test_attribute_model_mixed_loss():
     model, hist = train_attribute_model(data, ["ClassA", "ClassB"], ["ColorA"], TrainConfig(epochs=1, batch_size=32),
                                         arch="test_resnet", val=data, progress=False)
     assert model.num_classes == 3 and len(hist["val"]) == 1
+
+
+def test_cosine_schedule_decays_to_zero():
+    from didae_xai.models.training import _learning_rate
+
+    cfg = TrainConfig(lr=0.1, lr_schedule="cosine")
+    assert _learning_rate(cfg, 0, 100) == 0.1
+    assert abs(_learning_rate(cfg, 50, 100) - 0.05) < 1e-12
+    assert _learning_rate(cfg, 100, 100) < 1e-12
+    assert _learning_rate(TrainConfig(lr=0.1), 99, 100) == 0.1

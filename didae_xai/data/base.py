@@ -97,6 +97,11 @@ class ImageDataset(Dataset):
         index = torch.nonzero(self.split == code).flatten()
         return self.subset(index, name=f"{self.name}[{split}]")
 
+    def with_split(self, codes: torch.Tensor | int) -> "ImageDataset":
+        """Set the split code(s): one code for every image or one per image; returns ``self``."""
+        self.split = torch.as_tensor(codes, dtype=torch.long).expand(len(self)).clone()
+        return self
+
     def group_counts(self) -> dict[int, int]:
         return {g: int((self.groups == g).sum()) for g in range(4)}
 

@@ -129,11 +129,6 @@ def square_dataset(n: int, size: int = 64, seed: int = 0, name: str = "square", 
     )
 
 
-def _with_split(dataset: ImageDataset, split: torch.Tensor | int) -> ImageDataset:
-    dataset.split = torch.as_tensor(split, dtype=torch.long).expand(len(dataset)).clone()
-    return dataset
-
-
 @register("dataset", "square")
 def square_benchmark(
     size: int = 64,
@@ -168,19 +163,19 @@ def square_benchmark(
     generator = square_dataset(n_generator, size, base + _SPLIT_SEEDS["generator"], "square_generator")
     n_train = int(0.8 * n_generator)
     n_val = int(0.1 * n_generator)
-    _with_split(generator, torch.cat([torch.zeros(n_train), torch.ones(n_val), 2 * torch.ones(n_generator - n_train - n_val)]))
+    generator.with_split(torch.cat([torch.zeros(n_train), torch.ones(n_val), 2 * torch.ones(n_generator - n_train - n_val)]))
 
     # A balanced pool large enough for the majority quotas; poison_indices picks the groups from it.
     pool_size = 4 * ((n_poisoned + 3) // 4) * 2
     pool = square_dataset(pool_size, size, base + _SPLIT_SEEDS["poisoned"], "square_poisoned")
     train_idx, val_idx = poison_indices(pool.y, pool.a, n_poisoned, p, val_fraction, seed=base)
-    train = _with_split(pool.subset(train_idx, "square_train"), 0)
-    val = _with_split(pool.subset(val_idx, "square_val"), 1)
+    train = pool.subset(train_idx, "square_train").with_split(0)
+    val = pool.subset(val_idx, "square_val").with_split(1)
 
-    test = _with_split(square_dataset(4 * test_per_group, size, base + _SPLIT_SEEDS["test"], "square_test"), 2)
+    test = square_dataset(4 * test_per_group, size, base + _SPLIT_SEEDS["test"], "square_test").with_split(2)
     dfr = square_dataset(dfr_size, size, base + _SPLIT_SEEDS["dfr"], "square_dfr")
     n_dfr_train = int(0.8 * dfr_size)
-    _with_split(dfr, (torch.arange(dfr_size) >= n_dfr_train).long())
+    dfr.with_split((torch.arange(dfr_size) >= n_dfr_train).long())
     return BenchmarkData(
         name=f"square{size}",
         generator=generator,

@@ -36,6 +36,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     class_balanced: bool = False
+    lr_schedule: str = "constant"  # "constant" or "cosine" (per step, to zero at the end)
 
 
 def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -44,6 +45,14 @@ def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"Unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adam'.")
+
+
+def _learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / total))
+    raise ValueError(f"Unknown lr_schedule {cfg.lr_schedule!r}; use 'constant' or 'cosine'.")
 
 
 def _as_float(batch: torch.Tensor) -> torch.Tensor:
@@ -109,13 +118,16 @@ def fit(
         start = history["resumed_from"] = int(state["epoch"])
     labels = targets if targets.dtype == torch.long and targets.ndim == 1 else None
 
+    steps_per_epoch = math.ceil(len(inputs) / cfg.batch_size)
     bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, initial=start, total=cfg.epochs)
     for epoch in bar:
         model.train()
         order = _epoch_order(len(inputs), labels, cfg, gen)
         total, seen = 0.0, 0
-        for i in range(0, len(order), cfg.batch_size):
+        for b, i in enumerate(range(0, len(order), cfg.batch_size)):
             idx = order[i : i + cfg.batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(cfg, epoch * steps_per_epoch + b, cfg.epochs * steps_per_epoch)
             loss = loss_fn(model(_as_float(inputs[idx])), targets[idx])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch}; lower the learning rate.")
@@ -267,7 +279,7 @@ def train_attribute_model(
 # Recipes. The reference (SPEC §8) trains with SGD lr 1e-3, batch 100 for 300 epochs from ImageNet
 # weights; we have no pretrained weights and 2 CPU cores, so the models trained from scratch on the
 # large balanced set use Adam for a few epochs. The students keep the reference recipe.
-FOUNDATION_CPU = TrainConfig(epochs=8, lr=1e-3, batch_size=128, optimizer="adam")
-TEACHER_CPU = TrainConfig(epochs=4, lr=1e-3, batch_size=128, optimizer="adam")
+FOUNDATION_CPU = TrainConfig(epochs=8, lr=1e-3, batch_size=128, optimizer="adam", lr_schedule="cosine")
+TEACHER_CPU = TrainConfig(epochs=6, lr=1e-3, batch_size=128, optimizer="adam", lr_schedule="cosine")
 PROBE_STUDENT = TrainConfig(epochs=300, lr=1e-3, batch_size=100, optimizer="sgd", momentum=0.9)
 RESNET_STUDENT = TrainConfig(epochs=60, lr=1e-3, batch_size=100, optimizer="sgd", momentum=0.9)
