@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "didae_xai.plugins"
 _BUILTIN_MODULES = (
     "didae_xai.backbones",
     "didae_xai.data",
+    "didae_xai.explain",
 )
 
 

@@ -21,3 +21,11 @@ __all__ = [
     "margin",
     "resolve_target",
 ]
+
+from didae_xai.registry import register  # noqa: E402
+
+
+@register("explainer", "didae")
+def didae(model, autoencoder, dictionary, **kwargs) -> DiDAE:
+    """DiDAE: gradient-free counterfactuals, one per dictionary atom, across the distilled boundary."""
+    return DiDAE(model, autoencoder, dictionary, **kwargs)
