@@ -60,7 +60,7 @@ def register(kind: str, name: str | None = None, description: str | None = None)
         if isinstance(doc, list):
             doc = doc[0] if doc else ""
         module = getattr(factory, "__module__", "") or ""
-        source = "didae_xai" if module.startswith("didae_xai") else module.split(".")[0]
+        source = "didae_xai" if module == "didae_xai" or module.startswith("didae_xai.") else module.split(".")[0]
         _ENTRIES[kind][key] = Entry(kind, key, factory, doc, source)
         return factory
 
