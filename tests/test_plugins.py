@@ -335,3 +335,22 @@ def test_zennit_adapter_accepts_any_explainer_with_the_interface(model):
     assert baseline.targets[-1].tolist() == [1, 0]
     assert relevance.shape == (2, 2, 3, SIZE, SIZE) and output.shape == (2, 2, 2)
     assert hook_count(model) == 0
+
+
+def readme_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in the README."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    after = text[text.index(heading):]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start:after.index("```", start)]
+
+
+@pytest.mark.parametrize("heading", ["Captum — an `Attribution`", "Zennit — an `Attributor`"])
+def test_readme_examples_run_as_written(model, explainer, heading):
+    x = images(2, seed=11)
+    namespace = {"model": model, "explainer": explainer, "x": x}
+    exec(compile(readme_block(heading), "README.md", "exec"), namespace)
+    out = namespace.get("attr", namespace.get("change"))
+    assert out.shape == x.shape
