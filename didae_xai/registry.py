@@ -23,6 +23,7 @@ _BUILTIN_MODULES = (
     "didae_xai.backbones",
     "didae_xai.data",
     "didae_xai.explain",
+    "didae_xai.correct",
 )
 
 
