@@ -24,6 +24,7 @@ _BUILTIN_MODULES = (
     "didae_xai.data",
     "didae_xai.explain",
     "didae_xai.correct",
+    "didae_xai.baselines",
 )
 
 
