@@ -2,7 +2,7 @@
 
 1. From correctly classified training samples (student prediction = label), balanced over classes,
    generate counterfactuals with any explainer (``explainer.explain(images) ->
-   CounterfactualExplanation``: DiDAE now, the gradient baselines later, so that Gain compares
+   CounterfactualExplanation``: DiDAE or the gradient baselines DiME, FastDiME and ACE, so that Gain compares
    explainers).
 2. A teacher gives each counterfactual a verdict (:mod:`didae_xai.correct.teachers`).
 3. Every ``"false"`` counterfactual (a Clever-Hans flip) joins training with the factual's *original*
