@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from didae_xai.autoencoder import DiffusionAutoencoder
-from didae_xai.backbones import TimmBackbone
+from didae_xai.benchmark import load_artifacts
 from didae_xai.correct import (
     CFKD,
     DFR,
@@ -38,7 +37,6 @@ from didae_xai.correct import (
 from didae_xai.data.square import square_benchmark
 from didae_xai.dictionary import ProcrustesDictionary
 from didae_xai.explain import DiDAE
-from didae_xai.models import load_classifier
 
 ATTRIBUTES = ["ColorA", "ColorB", "PositionX", "PositionY"]
 PAPER_CLAIM = "DiDAE-CFKD ahead of GroupDRO, DFR, P-ClArC and RR-ClArC in average group accuracy (SPEC §9)"
@@ -50,6 +48,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures to this file as well as stdout")
     parser.add_argument("--students", default="probe,resnet")
     parser.add_argument("--max-factuals", type=int, default=256, help="CFKD: training factuals explained")
+    parser.add_argument("--max-shift", type=float, default=None,
+                        help="DiDAE: bound each move to this many standard deviations of the data along the atom")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -57,22 +57,22 @@ def main() -> None:
     torch.manual_seed(args.seed)
     models = Path(args.models)
 
-    fm = load_classifier(models / "fm")
-    backbone = TimmBackbone.from_model(fm.model, image_size=32, mean=fm.mean.flatten().tolist(), std=fm.std.flatten().tolist())
-    teacher = load_classifier(models / "teacher")
-    ae = DiffusionAutoencoder.from_pretrained(models / "autoencoder", backbone, batch_size=64)
+    artifacts = load_artifacts(models)
+    teacher, ae = artifacts.teacher, artifacts.autoencoder
+    if ae is None or teacher is None:
+        raise SystemExit(f"{models} needs teacher/ and autoencoder/; see the module docstring.")
     data = square_benchmark(size=ae.image_size, seed=args.seed, n_generator=16000)
     fit_split = data.generator.select_split("val")
     dictionary = ProcrustesDictionary(names=ATTRIBUTES).fit(
         ae.embed(fit_split.images), torch.stack([fit_split.factors[a] for a in ATTRIBUTES], 1)
     )
     correction_data = CorrectionData.from_benchmark(data)
-    result: dict = {"paper_claim": PAPER_CLAIM, "threads": args.threads, "seed": args.seed}
+    result: dict = {"paper_claim": PAPER_CLAIM, "threads": args.threads, "seed": args.seed, "max_shift": args.max_shift}
 
     for name in args.students.split(","):
-        student = load_classifier(models / name, backbone=backbone) if name == "probe" else load_classifier(models / name)
+        student = artifacts.students[name]
         baseline = evaluate(student, data.test)["aga"]
-        explainer = DiDAE(student, ae, dictionary).fit(data.train.float_images())
+        explainer = DiDAE(student, ae, dictionary, max_shift=args.max_shift).fit(data.train.float_images())
         correctors = {
             "erm": ERM(),
             "didae_cfkd_preclustered": CFKD(explainer, PreclusteredTeacher(("ColorA",)), max_factuals=args.max_factuals),

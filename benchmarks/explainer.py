@@ -31,15 +31,13 @@ import matplotlib
 matplotlib.use("Agg")
 import torch  # noqa: E402
 
-from didae_xai.autoencoder import DiffusionAutoencoder  # noqa: E402
-from didae_xai.backbones import TimmBackbone  # noqa: E402
+from didae_xai.benchmark import load_artifacts  # noqa: E402
 from didae_xai.data.poisoning import balanced_indices  # noqa: E402
 from didae_xai.data.square import square_benchmark  # noqa: E402
 from didae_xai.dictionary import ProcrustesDictionary, SVDDictionary  # noqa: E402
 from didae_xai.explain import DiDAE  # noqa: E402
 from didae_xai.metrics import distill_surrogate, diversity, latent_sparsity, nafr, square_oracle_latent  # noqa: E402
 from didae_xai.metrics.surrogate import SURROGATE_CPU  # noqa: E402
-from didae_xai.models import load_classifier  # noqa: E402
 
 ATTRIBUTES = ["ColorA", "ColorB", "PositionX", "PositionY"]
 
@@ -69,16 +67,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="decode batch size")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the autoencoder's)")
     parser.add_argument("--surrogate-epochs", type=int, default=SURROGATE_CPU.epochs)
+    parser.add_argument("--max-shift", type=float, default=None,
+                        help="bound each move to this many standard deviations of the data along the atom")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = Path(args.models)
 
-    fm = load_classifier(models / "fm")
-    backbone = TimmBackbone.from_model(fm.model, image_size=32, mean=fm.mean.flatten().tolist(), std=fm.std.flatten().tolist())
-    students = {"probe": load_classifier(models / "probe", backbone=backbone), "resnet": load_classifier(models / "resnet")}
-    ae = DiffusionAutoencoder.from_pretrained(models / "autoencoder", backbone, batch_size=args.batch_size)
+    artifacts = load_artifacts(models, batch_size=args.batch_size)
+    students, ae = artifacts.students, artifacts.autoencoder
+    if ae is None or set(students) != {"probe", "resnet"}:
+        raise SystemExit(f"{models} needs probe/, resnet/ and autoencoder/; see the module docstring.")
     if args.steps:
         ae.steps = args.steps
     size = ae.image_size
@@ -96,7 +96,8 @@ def main() -> None:
     x = factuals.float_images()
     train_images = data.train.float_images()
 
-    result: dict = {"batch_size": args.batch_size, "steps": ae.steps, "factuals": len(factuals), "threads": args.threads}
+    result: dict = {"batch_size": args.batch_size, "steps": ae.steps, "factuals": len(factuals), "threads": args.threads,
+                    "max_shift": args.max_shift}
     # The surrogate's L2 budget scales with the image side (reference: eps = 1.0 at 64x64).
     eps = size / 64
     surrogates = {}
@@ -116,7 +117,7 @@ def main() -> None:
             range(4), key=lambda k: abs(pearson(dic.transform(z_eval)[:, k], eval_split.factors["ColorB"])))
         entry["confounder_atom"] = dic.names_[confounder]
         for name, student in students.items():
-            explainer = DiDAE(student, ae, dic, class_names=["dark", "bright"]).fit(train_images)
+            explainer = DiDAE(student, ae, dic, class_names=["dark", "bright"], max_shift=args.max_shift).fit(train_images)
             explainer.explain(x[:8])  # warm-up: the timed batch below is not the first
             exp = explainer.explain(x)
             n, k = exp.flipped.shape

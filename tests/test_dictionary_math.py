@@ -154,3 +154,19 @@ def test_zero_boundary_means_nothing_to_cross():
     z = torch.randn(3, 4, dtype=torch.float64)
     z_cf, movable = boundary_inversion(z, torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64))
     assert not movable.any() and torch.equal(z_cf, z)
+
+
+def test_max_step_bounds_the_move_and_scale_is_the_coordinate_spread(tmp_path):
+    z, y, dirs = planted(n=300, d=8)
+    dic = ProcrustesDictionary(["a", "b"]).fit(z, y)
+    torch.testing.assert_close(dic.scale_, dic.transform(z).std(0))
+    dic.save(tmp_path / "d.safetensors")
+    torch.testing.assert_close(Dictionary.load(tmp_path / "d.safetensors").scale_, dic.scale_)
+    w = torch.randn(8, dtype=torch.float64)
+    u = dic.components_[0]
+    free, _ = boundary_inversion(z, w, u, 5.0)
+    bounded, _ = boundary_inversion(z, w, u, 5.0, max_step=0.1)
+    moves = ((bounded - z) @ u).abs()
+    assert moves.max() <= 0.1 + 1e-12
+    small = ((free - z) @ u).abs() <= 0.1
+    torch.testing.assert_close(bounded[small], free[small])  # moves within the bound are untouched

@@ -5,49 +5,14 @@ import json
 import matplotlib.pyplot as plt
 import pytest
 import torch
-from torch import nn
 
-from didae_xai.autoencoder import ConditionalUNet, DiffusionAutoencoder
-from didae_xai.backbones import TimmBackbone
-from didae_xai.dictionary import ProcrustesDictionary, SVDDictionary
+from didae_xai.dictionary import SVDDictionary
 from didae_xai.explain import CounterfactualExplanation, DiDAE, resolve_target
-
-SIZE = 16
-
-
-class RedRule(nn.Module):
-    """A transparent 'student': class 1 when the image is redder than it is green."""
-
-    def forward(self, x):
-        score = 20 * (x[:, 0].mean((1, 2)) - x[:, 1].mean((1, 2)))
-        return torch.stack([-score, score], 1)
-
-
-def images(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, 1, 1, generator=g).expand(n, 3, SIZE, SIZE).clone().add_(
-        0.05 * torch.randn(n, 3, SIZE, SIZE, generator=g)).clamp_(0, 1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from tiny import SIZE, RedRule, images, tiny_didae
 
 @pytest.fixture(scope="module")
 def explainer():
-    torch.manual_seed(0)
-    backbone = TimmBackbone("test_resnet", image_size=SIZE, allow_random=True)
-    unet = ConditionalUNet(embedding_dim=backbone.embedding_dim, sample_size=SIZE, block_out_channels=(8, 16), norm_num_groups=4)
-    ae = DiffusionAutoencoder(backbone, unet, steps=2, batch_size=8)
-    x = images(64, seed=1)
-    z = ae.embed(x)
-    attrs = torch.stack([x[:, 0].mean((1, 2)), x[:, 1].mean((1, 2)), x[:, 2].mean((1, 2))], 1)
-    dic = ProcrustesDictionary(["red", "green", "blue"]).fit(z, attrs)
-    return DiDAE(RedRule(), ae, dic, class_names=["green", "red"]).fit(x)
+    return tiny_didae(RedRule())
 
 
 def test_explain_shapes_and_consistency(explainer):
@@ -146,3 +111,16 @@ def test_clear_errors(explainer):
     fresh = DiDAE(explainer.model, explainer.autoencoder, explainer.dictionary)
     with pytest.raises(RuntimeError, match="call fit"):
         fresh.explain(images(2))
+
+
+def test_max_shift_keeps_moves_within_the_data_spread(explainer):
+    bounded = DiDAE(explainer.model, explainer.autoencoder, explainer.dictionary, explainer.probe, max_shift=0.5)
+    z = explainer.autoencoder.embed(images(6, seed=9))
+    src = explainer.probe.predict(z)
+    z_cf, _ = bounded.counterfactual_embeddings(z, src, 1 - src)
+    dic = explainer.dictionary
+    moves = (dic.transform(z_cf.reshape(-1, z.shape[1])) - dic.transform(z).repeat_interleave(3, 0)).abs()
+    limit = 0.5 * dic.scale_
+    assert (moves <= limit + 1e-4).all()
+    with pytest.raises(ValueError, match="max_shift must be positive"):
+        DiDAE(explainer.model, explainer.autoencoder, dic, explainer.probe, max_shift=0)

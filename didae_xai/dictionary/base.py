@@ -2,7 +2,8 @@
 
 ``components_`` follows scikit-learn: shape ``(K, D)``, one atom ``u_k`` per row (SPEC §3 writes them
 as columns). ``mean_`` is the mean of the embeddings the dictionary was fitted on; ``names_`` names
-the atoms. ``transform(Z)`` gives the coordinates ``(Z - mean_) @ components_.T``.
+the atoms. ``transform(Z)`` gives the coordinates ``(Z - mean_) @ components_.T``; ``scale_`` is the
+standard deviation of each coordinate on the fitting data (the spread of the data along each atom).
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ class Dictionary:
         self.components_: torch.Tensor | None = None
         self.mean_: torch.Tensor | None = None
         self.names_: list[str] = []
+        self.scale_: torch.Tensor | None = None
         self.fit_info_: dict = {}
 
     def fit(self, Z: torch.Tensor, Y: torch.Tensor | None = None) -> "Dictionary":  # pragma: no cover
         raise NotImplementedError
+
+    def _set_scale(self, Z: torch.Tensor) -> None:
+        self.scale_ = ((Z - self.mean_) @ self.components_.T).std(0)
 
     def _check_fitted(self) -> None:
         if self.components_ is None:
@@ -77,7 +82,7 @@ class Dictionary:
         """Write atoms and mean as safetensors (names and fitting metadata in its header)."""
         self._check_fitted()
         meta = {"kind": self.kind, "names": json.dumps(self.names_), "fit_info": json.dumps(self.fit_info_)}
-        return save_tensors({"components": self.components_, "mean": self.mean_}, path, metadata=meta)
+        return save_tensors({"components": self.components_, "mean": self.mean_, "scale": self.scale_}, path, metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "Dictionary":
@@ -91,7 +96,7 @@ class Dictionary:
         if kind not in kinds:
             raise ValueError(f"{path} is not a didae-xai dictionary (kind {kind!r}).")
         obj = kinds[kind]()
-        obj.components_, obj.mean_ = tensors["components"], tensors["mean"]
+        obj.components_, obj.mean_, obj.scale_ = tensors["components"], tensors["mean"], tensors["scale"]
         obj.names_ = json.loads(meta["names"])
         obj.fit_info_ = json.loads(meta.get("fit_info", "{}"))
         return obj

@@ -54,5 +54,6 @@ class ProcrustesDictionary(Dictionary):
         U, S, Vh = torch.linalg.svd(M, full_matrices=False)
         self.components_ = U @ Vh
         self.names_ = list(names)
+        self._set_scale(Z)
         self.fit_info_ = {"n_samples": n, "singular_values": S.tolist()}
         return self

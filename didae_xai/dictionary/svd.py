@@ -34,6 +34,7 @@ class SVDDictionary(Dictionary):
         atoms = Vh[:k]
         signs = torch.sign(atoms.gather(1, atoms.abs().argmax(1, keepdim=True)))
         self.components_ = atoms * signs
+        self._set_scale(Z)
         self.names_ = [f"pc{i}" for i in range(k)]
         variance = S**2 / (len(Z) - 1)
         self.fit_info_ = {"n_samples": len(Z), "explained_variance_ratio": (variance[:k] / variance.sum()).tolist()}

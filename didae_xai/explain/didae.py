@@ -31,6 +31,22 @@ def resolve_target(target: TargetType, n: int, default: torch.Tensor) -> torch.T
     return t.long()
 
 
+def check_inputs(x: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Validate a batch of images for an explainer: ``(N, C, S, S)`` in ``[0, 1]`` (``uint8`` is scaled)."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError(f"inputs must be a tensor of images (N, C, H, W) in [0, 1], got {getattr(x, 'shape', type(x))}.")
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        raise ValueError(
+            f"The autoencoder works on {image_size}x{image_size} images, got {x.shape[-2]}x{x.shape[-1]}; resize them first."
+        )
+    x = x.float()
+    if len(x) and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
+        raise ValueError(f"Images must lie in [0, 1], got values in [{float(x.min()):.3g}, {float(x.max()):.3g}].")
+    return x
+
+
 class DiDAE:
     """Counterfactual explainer: reflect the embedding across the distilled boundary along each atom.
 
@@ -49,6 +65,10 @@ class DiDAE:
         lam: reflection strength (2 mirrors the margin, 1 lands on the boundary).
         line_search: optional ascending strengths; per counterfactual the smallest that flips
             ``model`` is kept (costs one decode per strength tried).
+        max_shift: optional bound on each move, in standard deviations of the data along the atom
+            (the dictionary's ``scale_``): boundaries further away are approached, not crossed, so
+            counterfactuals stay on the data manifold (reported as not flipping). ``None``: the
+            paper's unbounded reflection.
         internal_batch_size: factuals processed at a time (each makes K decodes).
         class_names: optional names of the model's classes, for plots.
 
@@ -71,6 +91,7 @@ class DiDAE:
         line_search: Sequence[float] | None = None,
         internal_batch_size: int | None = None,
         class_names: list[str] | None = None,
+        max_shift: float | None = None,
     ):
         dictionary._check_fitted()
         dim = autoencoder.backbone.embedding_dim
@@ -89,6 +110,9 @@ class DiDAE:
         self.probe = probe
         self.atoms = [dictionary.atom(a) for a in (atoms if atoms is not None else range(dictionary.n_components))]
         self.lam = lam
+        if max_shift is not None and (max_shift <= 0 or dictionary.scale_ is None):
+            raise ValueError("max_shift must be positive and needs a dictionary fitted by this version (scale_).")
+        self.max_shift = max_shift
         self.line_search = list(line_search) if line_search is not None else None
         self.internal_batch_size = internal_batch_size
         self.class_names = class_names
@@ -109,14 +133,7 @@ class DiDAE:
 
     # ------------------------------------------------------------------ helpers
     def _check_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            raise ValueError(f"inputs must be a tensor of images (N, C, H, W) in [0, 1], got {getattr(x, 'shape', type(x))}.")
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        size = self.autoencoder.image_size
-        if x.shape[-1] != size or x.shape[-2] != size:
-            raise ValueError(f"The autoencoder works on {size}x{size} images, got {x.shape[-2]}x{x.shape[-1]}; resize them first.")
-        return x.float()
+        return check_inputs(x, self.autoencoder.image_size)
 
     @torch.no_grad()
     def _logits(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -141,7 +158,8 @@ class DiDAE:
         out, movable = [], []
         for k, u in enumerate(self._atom_vectors()):
             lam_k = lam[:, k] if isinstance(lam, torch.Tensor) and lam.ndim == 2 else lam
-            z_k, ok = boundary_inversion(z, w, u, b, lam_k)
+            bound = None if self.max_shift is None else self.max_shift * float(self.dictionary.scale_[self.atoms[k]])
+            z_k, ok = boundary_inversion(z, w, u, b, lam_k, max_step=bound)
             out.append(z_k)
             movable.append(ok)
         return torch.stack(out, 1), torch.stack(movable, 1)

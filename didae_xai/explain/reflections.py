@@ -47,11 +47,16 @@ def boundary_inversion(
     b: torch.Tensor | float = 0.0,
     lam: float | torch.Tensor = 2.0,
     tol: float = DEGENERATE_TOL,
+    max_step: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Move ``z`` along ``u`` across the linear boundary ``w . z + b = 0``.
 
     ``s = m(z) / (w . u)`` and ``z' = z - lam * s * u``: with ``lam = 2`` the margin is mirrored,
     ``m(z') = -m(z)``, while ``z`` moves only along ``u`` (``lam = 1`` lands on the boundary).
+
+    ``max_step`` optionally bounds the move ``|lam * s|`` (in embedding units along ``u``): a boundary
+    that lies further away than the data ever varies along ``u`` is approached, not crossed, so the
+    decoded image stays plausible (it is then reported as not flipping instead of decoding noise).
 
     Returns:
         ``(z_cf, movable)``: ``movable`` is ``False`` where ``|w . u| < tol |w| |u|`` or ``w = 0``;
@@ -66,6 +71,8 @@ def boundary_inversion(
     s = margin(z, w, b) / torch.where(movable, wu, torch.ones_like(wu))
     lam = torch.as_tensor(lam, dtype=z.dtype)
     step = torch.where(movable, lam * s, torch.zeros_like(s))
+    if max_step is not None:
+        step = step.clamp(-max_step, max_step)
     return z - step[:, None] * u, movable
 
 
