@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 
 from didae_xai.autoencoder import DiffusionAutoencoder, get_preset, train_autoencoder
-from didae_xai.backbones import TimmBackbone
 from didae_xai.data.square import CLASS_FACTORS, CONTINUOUS_FACTORS, SquareGeometry, render, square_benchmark
 from didae_xai.io import load_json, save_json
 from didae_xai.models import load_classifier, save_classifier
@@ -220,9 +219,7 @@ def main() -> None:
             save_classifier(fm, out / "fm")
     timing["fm_minutes"] = (time.perf_counter() - t) / 60
     fm.eval()
-    backbone = TimmBackbone.from_model(
-        fm.model, image_size=size, mean=fm.mean.flatten().tolist(), std=fm.std.flatten().tolist()
-    ).eval()
+    backbone = fm.as_backbone()
 
     train = gen_train if args.n_train is None else gen_train.subset(torch.arange(min(args.n_train, len(gen_train))))
     test = gen_test.subset(torch.arange(min(args.n_test, len(gen_test))))

@@ -40,16 +40,14 @@ from pathlib import Path
 
 import torch
 
-from didae_xai.autoencoder import DiffusionAutoencoder
-from didae_xai.backbones import TimmBackbone
 from didae_xai.baselines import ACE, DiME, FastDiME
+from didae_xai.benchmark import load_artifacts
 from didae_xai.data.poisoning import balanced_indices
 from didae_xai.data.square import square_benchmark
 from didae_xai.dictionary import ProcrustesDictionary, SVDDictionary
 from didae_xai.explain import DiDAE
 from didae_xai.metrics import distill_surrogate, nafr
 from didae_xai.metrics.surrogate import SURROGATE_CPU
-from didae_xai.models import load_classifier
 
 ATTRIBUTES = ["ColorA", "ColorB", "PositionX", "PositionY"]
 METHODS = ("didae_procrustes", "didae_svd", "dime", "fastdime", "ace")
@@ -118,10 +116,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     models = Path(args.models)
 
-    fm = load_classifier(models / "fm")
-    backbone = TimmBackbone.from_model(fm.model, image_size=32, mean=fm.mean.flatten().tolist(), std=fm.std.flatten().tolist())
-    student = load_classifier(models / "probe", backbone=backbone) if args.student == "probe" else load_classifier(models / "resnet")
-    ae = DiffusionAutoencoder.from_pretrained(models / "autoencoder", backbone, batch_size=args.batch_size)
+    artifacts = load_artifacts(models, batch_size=args.batch_size)
+    ae = artifacts.autoencoder
+    if ae is None or args.student not in artifacts.students:
+        raise SystemExit(f"{models} needs {args.student}/ and autoencoder/; see the module docstring.")
+    student = artifacts.students[args.student]
     if args.steps:
         ae.steps = args.steps
     size = ae.image_size

@@ -16,7 +16,6 @@ from dataclasses import replace
 
 import torch
 
-from didae_xai.backbones import TimmBackbone
 from didae_xai.data.square import CLASS_FACTORS, CONTINUOUS_FACTORS, square_benchmark
 from didae_xai.metrics import group_report
 from didae_xai.models import TimmClassifier, save_classifier
@@ -64,8 +63,7 @@ def main() -> None:
                      for i, f in enumerate(CLASS_FACTORS)},
         "r2": {f: r2(out[:, len(CLASS_FACTORS) + i], gen_test.factors[f]) for i, f in enumerate(CONTINUOUS_FACTORS)},
     }
-    backbone = TimmBackbone.from_model(fm.model, image_size=args.size, mean=fm.mean.flatten().tolist(),
-                                       std=fm.std.flatten().tolist())
+    backbone = fm.as_backbone()
 
     t = time.perf_counter()
     probe, _ = train_probe(backbone, data.train, replace(PROBE_STUDENT, seed=args.seed), val=data.val)

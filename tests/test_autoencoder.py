@@ -59,16 +59,6 @@ def images(n: int = 6, seed: int = 1) -> torch.Tensor:
     return (x + 0.05 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from threads, and with busy cores a second thread makes every
-    op wait for a descheduled peer (x100 slower); run this module single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def backbone() -> TinyBackbone:
     return TinyBackbone()

@@ -34,14 +34,6 @@ from didae_xai.models import load_classifier, save_classifier  # noqa: E402
 from didae_xai.models.training import TrainConfig  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --- flip rates -------------------------------------------------------------------------------
 
 

@@ -57,14 +57,6 @@ CORE, SPURIOUS, NOISE = 0, 1, 2
 HEAD_FAST = TrainConfig(epochs=40, lr=0.05, batch_size=64, optimizer="adam")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ChannelMeans(Classifier):
     """features = 2 * channel mean - 1 (core, spurious, noise), optionally through a trainable body."""
 

@@ -17,66 +17,30 @@ from diffusers import DDPMScheduler  # noqa: E402
 from torch import nn  # noqa: E402
 
 from didae_xai import registry  # noqa: E402
-from didae_xai.autoencoder import ConditionalUNet, DiffusionAutoencoder  # noqa: E402
-from didae_xai.backbones import TimmBackbone  # noqa: E402
 from didae_xai.baselines import ACE, DiME, FastDiME, RespacedDDPM, difference_mask, target_loss  # noqa: E402
 from didae_xai.correct.cfkd import counterfactual_dataset  # noqa: E402
 from didae_xai.correct.teachers import OracleTeacher  # noqa: E402
 from didae_xai.data.base import ImageDataset  # noqa: E402
 from didae_xai.explain import CounterfactualExplanation  # noqa: E402
-
-SIZE = 16
-
-
-class RedRule(nn.Module):
-    """Class 1 when the image (or a patch of it) is redder than it is green."""
-
-    def __init__(self, gain: float = 20.0, patch: int | None = None):
-        super().__init__()
-        self.gain, self.patch = gain, patch
-
-    def forward(self, x):
-        if self.patch:
-            x = x[:, :, : self.patch, : self.patch]
-        score = self.gain * (x[:, 0].mean((1, 2)) - x[:, 1].mean((1, 2)))
-        return torch.stack([-score, score], 1)
-
-
-def images(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, 1, 1, generator=g).expand(n, 3, SIZE, SIZE).clone().add_(
-        0.05 * torch.randn(n, 3, SIZE, SIZE, generator=g)).clamp_(0, 1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from tiny import SIZE, RedRule, images, tiny_autoencoder, tiny_backbone  # noqa: E402
 
 @pytest.fixture(scope="module")
 def backbone():
-    torch.manual_seed(0)
-    return TimmBackbone("test_resnet", image_size=SIZE, allow_random=True)
+    return tiny_backbone()
 
 
 @pytest.fixture(scope="module")
 def random_ae(backbone):
-    torch.manual_seed(0)
-    unet = ConditionalUNet(embedding_dim=backbone.embedding_dim, sample_size=SIZE, block_out_channels=(8, 16), norm_num_groups=4)
-    return DiffusionAutoencoder(backbone, unet, steps=2, batch_size=8)
+    return tiny_autoencoder(backbone)
 
 
 @pytest.fixture(scope="module")
 def still_ae(backbone):
-    torch.manual_seed(1)
-    unet = ConditionalUNet(embedding_dim=backbone.embedding_dim, sample_size=SIZE, block_out_channels=(8, 16),
-                           norm_num_groups=4, prediction_type="epsilon")
-    nn.init.zeros_(unet.unet.conv_out.weight)
-    nn.init.zeros_(unet.unet.conv_out.bias)
-    return DiffusionAutoencoder(backbone, unet, steps=2, batch_size=8)
+    """An eps-model whose output layer is zero: the reverse chain is neutral, guidance alone decides."""
+    ae = tiny_autoencoder(backbone, seed=1, prediction_type="epsilon")
+    nn.init.zeros_(ae.unet.unet.conv_out.weight)
+    nn.init.zeros_(ae.unet.unet.conv_out.bias)
+    return ae
 
 
 class CallCounter:

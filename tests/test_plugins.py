@@ -23,31 +23,12 @@ from zennit.composites import EpsilonPlusFlat  # noqa: E402
 from zennit.torchvision import ResNetCanonizer  # noqa: E402
 
 from didae_xai import registry  # noqa: E402
-from didae_xai.autoencoder import ConditionalUNet, DiffusionAutoencoder  # noqa: E402
-from didae_xai.backbones import TimmBackbone  # noqa: E402
-from didae_xai.dictionary import ProcrustesDictionary  # noqa: E402
-from didae_xai.explain import CounterfactualExplanation, DiDAE  # noqa: E402
+from didae_xai.explain import CounterfactualExplanation  # noqa: E402
 from didae_xai_plugins import CounterfactualAttributor, DiDAECounterfactual  # noqa: E402
-
-SIZE = 16
-
-
-def images(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, 1, 1, generator=g).expand(n, 3, SIZE, SIZE).clone().add_(
-        0.05 * torch.randn(n, 3, SIZE, SIZE, generator=g)).clamp_(0, 1)
-
+from tiny import SIZE, images, tiny_didae  # noqa: E402
 
 def red_score(x):
     return 20 * (x[:, 0].mean((1, 2)) - x[:, 1].mean((1, 2)))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +50,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def explainer(model):
-    torch.manual_seed(0)
-    backbone = TimmBackbone("test_resnet", image_size=SIZE, allow_random=True)
-    unet = ConditionalUNet(embedding_dim=backbone.embedding_dim, sample_size=SIZE, block_out_channels=(8, 16), norm_num_groups=4)
-    ae = DiffusionAutoencoder(backbone, unet, steps=2, batch_size=8)
-    x = images(64, seed=1)
-    attrs = torch.stack([x[:, 0].mean((1, 2)), x[:, 1].mean((1, 2)), x[:, 2].mean((1, 2))], 1)
-    dic = ProcrustesDictionary(["red", "green", "blue"]).fit(ae.embed(x), attrs)
-    return DiDAE(model, ae, dic, class_names=["green", "red"]).fit(x)
+    return tiny_didae(model)
 
 
 def test_tiny_model_follows_the_rule(model):

@@ -86,7 +86,7 @@ def test_attribute_model_mixed_loss():
 
 
 def test_cosine_schedule_decays_to_zero():
-    from didae_xai.models.training import _learning_rate
+    from didae_xai.models.training import learning_rate as _learning_rate
 
     cfg = TrainConfig(lr=0.1, lr_schedule="cosine")
     assert _learning_rate(cfg, 0, 100) == 0.1

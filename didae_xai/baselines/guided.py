@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from didae_xai.autoencoder.ddim import model_output, split_prediction
-from didae_xai.explain.didae import TargetType, resolve_target
+from didae_xai.explain.didae import TargetType, check_inputs, resolve_target
 from didae_xai.explain.explanation import CounterfactualExplanation
 
 CONDITIONS = ("none", "factual")
@@ -342,17 +342,7 @@ class GradientCounterfactualExplainer:
         return RespacedDDPM(self.autoencoder.unet, respacing, bf16=bool(getattr(self.autoencoder, "bf16", False)))
 
     def _check_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            raise ValueError(f"inputs must be a tensor of images (N, C, H, W) in [0, 1], got {getattr(x, 'shape', type(x))}.")
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        size = self.autoencoder.image_size
-        if x.shape[-1] != size or x.shape[-2] != size:
-            raise ValueError(f"The autoencoder works on {size}x{size} images, got {x.shape[-2]}x{x.shape[-1]}; resize them first.")
-        x = x.float()
-        if len(x) and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
-            raise ValueError(f"Images must lie in [0, 1], got values in [{float(x.min()):.3g}, {float(x.max()):.3g}].")
-        return x
+        return check_inputs(x, self.autoencoder.image_size)
 
     @torch.no_grad()
     def _logits(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from didae_xai.models.training import TrainConfig
+from didae_xai.models.training import TrainConfig, learning_rate, make_optimizer
 
 #: Last-layer training on precomputed features (cheap: many epochs are fine).
 HEAD_CONFIG = TrainConfig(epochs=50, lr=1e-3, batch_size=64, optimizer="adam")
@@ -31,25 +31,6 @@ FULL_CONFIG = TrainConfig(epochs=5, lr=1e-2, batch_size=64, optimizer="sgd", mom
 def default_config(head_only: bool, config: TrainConfig | None, **overrides) -> TrainConfig:
     cfg = config if config is not None else (HEAD_CONFIG if head_only else FULL_CONFIG)
     return replace(cfg, **overrides) if overrides else cfg
-
-
-def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = list(params)
-    if not params:
-        raise ValueError("Nothing to train: no parameter requires gradients.")
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"Unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adam'.")
-
-
-def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    if cfg.lr_schedule == "cosine":
-        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / max(total, 1)))
-    raise ValueError(f"Unknown lr_schedule {cfg.lr_schedule!r}; use 'constant' or 'cosine'.")
 
 
 def balanced_weights(keys: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,15 @@ class TimmClassifier(Classifier):
         x = (x - self.mean) / self.std
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
+    def as_backbone(self):
+        """This network's body as a frozen :class:`~didae_xai.backbones.TimmBackbone` (a copy; the
+        pooled penultimate features become the embedding), e.g. the Square foundation model."""
+        from didae_xai.backbones import TimmBackbone
+
+        return TimmBackbone.from_model(
+            self.model, image_size=self.config["image_size"], mean=self.mean.flatten().tolist(), std=self.std.flatten().tolist()
+        )
+
 
 class ProbeClassifier(Classifier):
     """A linear probe on a frozen backbone: ``head(backbone(x))``.

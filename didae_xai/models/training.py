@@ -39,7 +39,11 @@ class TrainConfig:
     lr_schedule: str = "constant"  # "constant" or "cosine" (per step, to zero at the end)
 
 
-def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of a recipe over ``params`` (which must not be empty)."""
+    params = list(params)
+    if not params:
+        raise ValueError("Nothing to train: no parameter requires gradients.")
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
@@ -47,11 +51,12 @@ def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"Unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adam'.")
 
 
-def _learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+    """The recipe's learning rate at ``step`` of ``total`` (constant, or cosine decay to zero)."""
     if cfg.lr_schedule == "constant":
         return cfg.lr
     if cfg.lr_schedule == "cosine":
-        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / total))
+        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / max(total, 1)))
     raise ValueError(f"Unknown lr_schedule {cfg.lr_schedule!r}; use 'constant' or 'cosine'.")
 
 
@@ -101,7 +106,7 @@ def fit(
     if len(inputs) == 0:
         raise ValueError("Cannot train on an empty dataset.")
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-    optimizer = _optimizer(params, cfg)
+    optimizer = make_optimizer(params, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     history = {"loss": [], "val": [], "best_epoch": -1, "best_val": -math.inf, "resumed_from": 0, "config": asdict(cfg)}
@@ -127,7 +132,7 @@ def fit(
         for b, i in enumerate(range(0, len(order), cfg.batch_size)):
             idx = order[i : i + cfg.batch_size]
             for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(cfg, epoch * steps_per_epoch + b, cfg.epochs * steps_per_epoch)
+                group["lr"] = learning_rate(cfg, epoch * steps_per_epoch + b, cfg.epochs * steps_per_epoch)
             loss = loss_fn(model(_as_float(inputs[idx])), targets[idx])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch}; lower the learning rate.")
