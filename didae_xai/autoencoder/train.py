@@ -86,6 +86,35 @@ class AutoencoderPreset:
         return ConditionalUNet(embedding_dim=embedding_dim, sample_size=self.image_size, **{**self.unet, **overrides})
 
 
+def _paper_preset(name: str, image_size: int, attention_level: int, steps: int, batch_size: int, description: str) -> AutoencoderPreset:
+    """The reference UNet (SPEC §2) with attention at the level whose resolution is 16x16."""
+    down = ["DownBlock2D"] * 4
+    down[attention_level] = "AttnDownBlock2D"
+    up = ["UpBlock2D"] * 4
+    up[3 - attention_level] = "AttnUpBlock2D"
+    return AutoencoderPreset(
+        name=name,
+        image_size=image_size,
+        unet=dict(
+            block_out_channels=(64, 128, 256, 512),
+            layers_per_block=2,
+            down_block_types=tuple(down),
+            up_block_types=tuple(up),
+            add_attention=True,
+            attention_head_dim=64,
+            norm_num_groups=32,
+            conditioning="adagn",
+            prediction_type="epsilon",
+        ),
+        train=AutoencoderTrainConfig(
+            steps=steps, batch_size=batch_size, lr=1e-4, warmup_steps=1000, ema_decay=0.9999, checkpoint_every=2000,
+            bf16=True,
+        ),
+        steps=20,
+        description=description,
+    )
+
+
 PRESETS: dict[str, AutoencoderPreset] = {
     "square32_cpu": AutoencoderPreset(
         name="square32_cpu",
@@ -109,47 +138,13 @@ PRESETS: dict[str, AutoencoderPreset] = {
         "AdaGN + coordinate channels + spatial z-map, v-prediction with low-noise steps down-weighted, "
         "10 minutes, bf16.",
     ),
-    "square64_paper": AutoencoderPreset(
-        name="square64_paper",
-        image_size=64,
-        unet=dict(
-            block_out_channels=(64, 128, 256, 512),
-            layers_per_block=2,
-            down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-            add_attention=True,
-            attention_head_dim=64,
-            norm_num_groups=32,
-            conditioning="adagn",
-            prediction_type="epsilon",
-        ),
-        train=AutoencoderTrainConfig(
-            steps=200_000, batch_size=64, lr=1e-4, warmup_steps=1000, ema_decay=0.9999, checkpoint_every=2000,
-            bf16=True,
-        ),
-        steps=20,
+    "square64_paper": _paper_preset(
+        "square64_paper", 64, attention_level=2, steps=200_000, batch_size=64,
         description="The reference UNet at 64x64 (SPEC §2: 64 channels, (1,2,4,8), attention at 16x16, "
         "2 blocks per level), eps-prediction, Adam 1e-4, EMA 0.9999; for a GPU.",
     ),
-    "celeba128_paper": AutoencoderPreset(
-        name="celeba128_paper",
-        image_size=128,
-        unet=dict(
-            block_out_channels=(64, 128, 256, 512),
-            layers_per_block=2,
-            down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
-            add_attention=True,
-            attention_head_dim=64,
-            norm_num_groups=32,
-            conditioning="adagn",
-            prediction_type="epsilon",
-        ),
-        train=AutoencoderTrainConfig(
-            steps=300_000, batch_size=32, lr=1e-4, warmup_steps=1000, ema_decay=0.9999, checkpoint_every=2000,
-            bf16=True,
-        ),
-        steps=20,
+    "celeba128_paper": _paper_preset(
+        "celeba128_paper", 128, attention_level=3, steps=300_000, batch_size=32,
         description="The reference UNet at 128x128 for CelebA (attention at 16x16), eps-prediction, "
         "Adam 1e-4, EMA 0.9999; for a GPU.",
     ),
