@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from didae_xai.models.training import TrainConfig, learning_rate, make_optimizer
+from didae_xai.models.training import TrainConfig, learning_rate, make_optimizer, optimization_step
 
 #: Last-layer training on precomputed features (cheap: many epochs are fine).
 HEAD_CONFIG = TrainConfig(epochs=50, lr=1e-3, batch_size=64, optimizer="adam")
@@ -89,15 +89,8 @@ def train_loop(
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             if len(idx) == 0:
                 break
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, epoch * steps + b, cfg.epochs * steps)
-            loss = batch_loss(idx)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch}; lower the learning rate.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
+            lr = learning_rate(cfg, epoch * steps + b, cfg.epochs * steps)
+            total += optimization_step(optimizer, batch_loss(idx), lr, f"{desc}, epoch {epoch}") * len(idx)
             seen += len(idx)
         history["loss"].append(total / max(seen, 1))
         if validate is not None:

@@ -60,6 +60,18 @@ def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
     raise ValueError(f"Unknown lr_schedule {cfg.lr_schedule!r}; use 'constant' or 'cosine'.")
 
 
+def optimization_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, where: str) -> float:
+    """One gradient step at learning rate ``lr``; a non-finite loss stops the run with advice."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{where}: loss became {loss.item()}; lower the learning rate.")
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def _as_float(batch: torch.Tensor) -> torch.Tensor:
     return batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
 
@@ -131,15 +143,9 @@ def fit(
         total, seen = 0.0, 0
         for b, i in enumerate(range(0, len(order), cfg.batch_size)):
             idx = order[i : i + cfg.batch_size]
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, epoch * steps_per_epoch + b, cfg.epochs * steps_per_epoch)
             loss = loss_fn(model(_as_float(inputs[idx])), targets[idx])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch}; lower the learning rate.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
+            lr = learning_rate(cfg, epoch * steps_per_epoch + b, cfg.epochs * steps_per_epoch)
+            total += optimization_step(optimizer, loss, lr, f"{desc}, epoch {epoch}") * len(idx)
             seen += len(idx)
         history["loss"].append(total / seen)
         postfix = {"loss": f"{total / seen:.4f}"}
