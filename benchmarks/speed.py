@@ -42,44 +42,16 @@ import torch
 
 from didae_xai.baselines import ACE, DiME, FastDiME
 from didae_xai.benchmark import load_artifacts
-from didae_xai.data.poisoning import balanced_indices
+from didae_xai.data.poisoning import balanced_indices, round_robin_order
 from didae_xai.data.square import square_benchmark
 from didae_xai.dictionary import ProcrustesDictionary, SVDDictionary
 from didae_xai.explain import DiDAE
-from didae_xai.metrics import distill_surrogate, nafr
+from didae_xai.metrics import distill_surrogate, explanation_scores
 from didae_xai.metrics.surrogate import SURROGATE_CPU
 
 ATTRIBUTES = ["ColorA", "ColorB", "PositionX", "PositionY"]
 METHODS = ("didae_procrustes", "didae_svd", "dime", "fastdime", "ace")
 BASELINES = ("dime", "fastdime", "ace")
-
-
-def round_robin(y: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """An order of the rows that cycles through the four groups, so that every prefix is balanced."""
-    groups = 2 * y + a
-    rank = torch.empty_like(groups)
-    for g in groups.unique():
-        members = (groups == g).nonzero().flatten()
-        rank[members] = torch.arange(len(members))
-    return torch.argsort(rank * 4 + groups, stable=True)
-
-
-def scores(exp, surrogate, n: int | None = None) -> dict:
-    """Flip rate and NAFR of an explanation (its first ``n`` factuals), per counterfactual and per factual."""
-    flipped, target = exp.flipped[:n], exp.target[:n]
-    cfs = exp.counterfactuals[:n]
-    rows, k = flipped.shape
-    sur = surrogate.predict(cfs.reshape(rows * k, *cfs.shape[2:])).reshape(rows, k) == target[:, None]
-    both = flipped & sur
-    return {
-        "factuals": rows,
-        "counterfactuals": rows * k,
-        "flip_rate": flipped.float().mean().item(),
-        "nafr": nafr(flipped.flatten(), sur.flatten()),
-        "flip_rate_any": flipped.any(1).float().mean().item(),
-        "nafr_any": both.any(1).float().mean().item(),
-        "l1": (cfs - exp.factuals[:n, None]).abs().mean().item(),
-    }
 
 
 def main() -> None:
@@ -128,7 +100,7 @@ def main() -> None:
 
     per_group = -(-args.factuals // 4)
     pick = balanced_indices(data.test.y, data.test.a, per_group, seed=args.seed)
-    pick = pick[round_robin(data.test.y[pick], data.test.a[pick])][: args.factuals]
+    pick = pick[round_robin_order(data.test.y[pick], data.test.a[pick])][: args.factuals]
     x = data.test.subset(pick).float_images()
     n_slow = args.factuals_slow
     train_images = data.train.float_images()
@@ -190,7 +162,7 @@ def main() -> None:
         t = time.perf_counter()
         exp = explainer.explain(x[:n])
         result["seconds"][method] = time.perf_counter() - t
-        s = scores(exp, surrogate)
+        s = explanation_scores(exp, surrogate)
         result["cf_per_s"][method] = exp.timings["cf_per_s"]
         result["factuals"][method] = n
         result["batch_size_by_method"][method] = min(args.batch_size, n)
@@ -198,7 +170,7 @@ def main() -> None:
             result[key][method] = s[key]
         if "unet_calls" in exp.timings:
             result["unet_calls_per_batch"][method] = exp.timings["unet_calls"] / -(-n // args.batch_size)
-        result["on_slow_factuals"][method] = scores(exp, surrogate, n_slow)
+        result["on_slow_factuals"][method] = explanation_scores(exp, surrogate, n_slow)
         print(f"{method}: {exp.timings['cf_per_s']:.4g} cf/s, flip rate {s['flip_rate']:.3f}, NAFR {s['nafr']:.3f}"
               f" on {n} factuals ({result['seconds'][method]:.1f} s)", flush=True)
 

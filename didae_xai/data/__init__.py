@@ -4,7 +4,7 @@ from didae_xai.data import celeba, metadata_csv, square
 from didae_xai.data.base import SPLITS, BenchmarkData, ImageDataset, concat
 from didae_xai.data.celeba import celeba_benchmark
 from didae_xai.data.metadata_csv import load_image_folder, metadata_benchmark, save_image_folder
-from didae_xai.data.poisoning import balanced_indices, group_quotas, poison_indices
+from didae_xai.data.poisoning import balanced_indices, group_quotas, poison_indices, round_robin_order
 from didae_xai.data.square import square_benchmark, square_dataset
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "metadata_benchmark",
     "metadata_csv",
     "poison_indices",
+    "round_robin_order",
     "save_image_folder",
     "square",
     "square_benchmark",

@@ -84,3 +84,16 @@ def balanced_indices(
             )
         out.append(members[torch.randperm(len(members), generator=generator)[:per_group]])
     return torch.cat(out).sort().values
+
+
+def round_robin_order(y: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """An order of the rows that cycles through the four (y, a) groups, so that every prefix is balanced.
+
+    Used to give slow methods a prefix of the factuals a fast method explains, still balanced.
+    """
+    groups = 2 * torch.as_tensor(y).long() + torch.as_tensor(a).long()
+    rank = torch.empty_like(groups)
+    for g in groups.unique():
+        members = (groups == g).nonzero().flatten()
+        rank[members] = torch.arange(len(members))
+    return torch.argsort(rank * 4 + groups, stable=True)

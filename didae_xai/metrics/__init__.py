@@ -3,6 +3,7 @@
 from didae_xai.metrics.counterfactual import (
     counterfactuals_per_second,
     diversity,
+    explanation_scores,
     flip_rate,
     flips,
     latent_sparsity,
@@ -30,6 +31,7 @@ __all__ = [
     "counterfactuals_per_second",
     "distill_surrogate",
     "diversity",
+    "explanation_scores",
     "flip_rate",
     "flips",
     "gain",

@@ -280,3 +280,27 @@ def counterfactuals_per_second(n_counterfactuals: int, seconds: float) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"seconds must be a positive, finite wall time, got {seconds}; time a warm batch.")
     return n_counterfactuals / seconds
+
+
+def explanation_scores(explanation, surrogate: torch.nn.Module, n: int | None = None) -> dict:
+    """Flip rate and NAFR of a :class:`~didae_xai.explain.CounterfactualExplanation` (its first ``n``
+    factuals), per counterfactual and per factual (``..._any``: at least one of its counterfactuals).
+
+    ``surrogate`` is the adversarially distilled model of :func:`~didae_xai.metrics.distill_surrogate`;
+    ``l1`` is the mean absolute pixel change.
+    """
+    flipped, target = explanation.flipped[:n], explanation.target[:n]
+    cfs = explanation.counterfactuals[:n]
+    rows, k = flipped.shape
+    with torch.no_grad():
+        sur = surrogate.predict(cfs.reshape(rows * k, *cfs.shape[2:])).reshape(rows, k) == target[:, None]
+    both = flipped & sur
+    return {
+        "factuals": rows,
+        "counterfactuals": rows * k,
+        "flip_rate": flipped.float().mean().item(),
+        "nafr": nafr(flipped.flatten(), sur.flatten()),
+        "flip_rate_any": flipped.any(1).float().mean().item(),
+        "nafr_any": both.any(1).float().mean().item(),
+        "l1": (cfs - explanation.factuals[:n, None]).abs().mean().item(),
+    }

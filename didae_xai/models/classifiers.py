@@ -38,7 +38,8 @@ class Classifier(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return torch.cat([self(x[i : i + batch_size].float()) for i in range(0, len(x), batch_size)])
+            device = next(self.parameters()).device
+            return torch.cat([self(x[i : i + batch_size].float().to(device)).cpu() for i in range(0, len(x), batch_size)])
         finally:
             self.train(was_training)
 

@@ -134,6 +134,8 @@ def fit(
         best_state = state.get("best_model")
         start = history["resumed_from"] = int(state["epoch"])
     labels = targets if targets.dtype == torch.long and targets.ndim == 1 else None
+    # Data stays where it is; each batch moves to the model's device.
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     steps_per_epoch = math.ceil(len(inputs) / cfg.batch_size)
     bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, initial=start, total=cfg.epochs)
@@ -143,7 +145,7 @@ def fit(
         total, seen = 0.0, 0
         for b, i in enumerate(range(0, len(order), cfg.batch_size)):
             idx = order[i : i + cfg.batch_size]
-            loss = loss_fn(model(_as_float(inputs[idx])), targets[idx])
+            loss = loss_fn(model(_as_float(inputs[idx]).to(device)), targets[idx].to(device))
             lr = learning_rate(cfg, epoch * steps_per_epoch + b, cfg.epochs * steps_per_epoch)
             total += optimization_step(optimizer, loss, lr, f"{desc}, epoch {epoch}") * len(idx)
             seen += len(idx)
@@ -266,6 +268,7 @@ def train_attribute_model(
     checkpoint: str | Path | None = None,
     desc: str = "foundation model",
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> tuple[TimmClassifier, dict]:
     """Train a network to predict every factor (the Square "foundation model", SPEC §8).
 
@@ -273,6 +276,7 @@ def train_attribute_model(
     Validation score: minus the validation loss.
     """
     model = TimmClassifier(arch, num_classes=len(class_factors) + len(continuous_factors), image_size=train.image_size)
+    model.to(device)
     targets = square_fm_targets(train, class_factors, continuous_factors)
     loss = attribute_loss(len(class_factors))
     validate = None
@@ -280,7 +284,7 @@ def train_attribute_model(
         val_images, val_targets = val.float_images(), square_fm_targets(val, class_factors, continuous_factors)
 
         def validate(m: nn.Module) -> float:
-            return -loss(m.predict_logits(val_images), val_targets).item()
+            return -loss(m.predict_logits(val_images).float(), val_targets).item()
 
     history = fit(model, train.images, targets, loss, cfg, validate=validate, checkpoint=checkpoint,
                   desc=desc, progress=progress)
