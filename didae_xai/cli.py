@@ -69,7 +69,7 @@ def _names(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
 
 def _options(preset: str, dataset: str, data_root: Optional[Path], explainers: str, correctors: str, students: str,
              explain_student: Optional[str], seed: int, device: str, threads: Optional[int], backbone: Optional[str],
-             weights: Optional[Path], allow_cpu: bool):
+             weights: Optional[Path], allow_cpu: bool, max_shift: Optional[float] = None):
     import torch
 
     from didae_xai.benchmark.compare import CORRECTORS, EXPLAINERS, STUDENTS, CompareOptions
@@ -89,7 +89,7 @@ def _options(preset: str, dataset: str, data_root: Optional[Path], explainers: s
             preset=chosen, dataset=dataset, data_root=str(data_root) if data_root else None,
             explainers=_names(explainers, EXPLAINERS, "explainer"), correctors=_names(correctors, CORRECTORS, "corrector"),
             students=_names(students, STUDENTS, "student"), explain_student=explain_student, seed=seed, device=device,
-            threads=threads, backbone=backbone, weights=str(weights) if weights else None,
+            threads=threads, backbone=backbone, weights=str(weights) if weights else None, max_shift=max_shift,
         ).check()
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         console.print(f"[red]{err}[/red]")
@@ -113,6 +113,7 @@ OPT_FORCE = typer.Option(False, "--force", help="Retrain every model instead of 
 OPT_BACKBONE = typer.Option(None, "--backbone", help="Use a frozen foundation model instead of training one: timm:<model> or open_clip:<model>, with --weights.")
 OPT_WEIGHTS = typer.Option(None, "--weights", help="Local weight file of --backbone (nothing is downloaded).")
 OPT_ALLOW_CPU = typer.Option(False, "--allow-cpu", help="Run a GPU-sized preset on the CPU anyway.")
+OPT_MAX_SHIFT = typer.Option(None, "--max-shift", help="DiDAE: bound each move to this many standard deviations of the data along the atom (default: unbounded, as in the paper).")
 
 
 def _print_tables(results: dict) -> None:
@@ -148,12 +149,12 @@ def compare(
     explain_student: Optional[str] = OPT_EXPLAIN_STUDENT, out: Path = OPT_OUT, seed: int = OPT_SEED,
     device: str = OPT_DEVICE, threads: Optional[int] = OPT_THREADS, store: Optional[Path] = OPT_STORE,
     force: bool = OPT_FORCE, backbone: Optional[str] = OPT_BACKBONE, weights: Optional[Path] = OPT_WEIGHTS,
-    allow_cpu: bool = OPT_ALLOW_CPU,
+    allow_cpu: bool = OPT_ALLOW_CPU, max_shift: Optional[float] = OPT_MAX_SHIFT,
 ) -> None:
     """Head-to-head benchmark: train or reuse every model, explain with every explainer, correct with every
     corrector, and write results.json, report.md and figures into --out."""
     options = _options(preset, dataset, data_root, explainers, correctors, students, explain_student, seed, device,
-                       threads, backbone, weights, allow_cpu)
+                       threads, backbone, weights, allow_cpu, max_shift)
     _run(options, out, store, force)
 
 
@@ -163,11 +164,11 @@ def correct(
     correctors: str = OPT_CORRECTORS, students: str = OPT_STUDENTS, out: Path = typer.Option(Path("runs/correct"), "--out", "-o", help="Output folder."),
     seed: int = OPT_SEED, device: str = OPT_DEVICE, threads: Optional[int] = OPT_THREADS,
     store: Optional[Path] = OPT_STORE, force: bool = OPT_FORCE, backbone: Optional[str] = OPT_BACKBONE,
-    weights: Optional[Path] = OPT_WEIGHTS, allow_cpu: bool = OPT_ALLOW_CPU,
+    weights: Optional[Path] = OPT_WEIGHTS, allow_cpu: bool = OPT_ALLOW_CPU, max_shift: Optional[float] = OPT_MAX_SHIFT,
 ) -> None:
     """Correct the poisoned students with the chosen correctors only (no explainer comparison); same store and report."""
     options = _options(preset, dataset, data_root, "", correctors, students, None, seed, device, threads, backbone,
-                       weights, allow_cpu)
+                       weights, allow_cpu, max_shift)
     _run(options, out, store, force)
 
 

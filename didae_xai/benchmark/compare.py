@@ -56,6 +56,7 @@ class CompareOptions:
     threads: int | None = None
     backbone: str | None = None
     weights: str | None = None
+    max_shift: float | None = None
 
     def check(self) -> "CompareOptions":
         for what, chosen, known in (("explainer", self.explainers, EXPLAINERS), ("corrector", self.correctors, CORRECTORS),
@@ -93,7 +94,7 @@ class CompareOptions:
         return {"preset": self.preset.to_dict(), "dataset": self.dataset, "data_root": self.data_root,
                 "explainers": list(self.explainers), "correctors": list(self.correctors), "students": list(self.students),
                 "explain_student": self.primary_student, "seed": self.seed, "device": self.device,
-                "backbone": self.backbone, "weights": self.weights}
+                "backbone": self.backbone, "weights": self.weights, "max_shift": self.max_shift}
 
 
 def load_benchmark(options: CompareOptions) -> BenchmarkData:
@@ -174,14 +175,14 @@ class StepCache:
 
 # ---------------------------------------------------------------------------------------- explain
 def make_explainer(name: str, student, models: ComparisonModels, dictionaries: dict, preset: ComparePreset,
-                   seed: int, probe=None, batch_size: int = 16, class_names=None):
+                   seed: int, probe=None, batch_size: int = 16, class_names=None, max_shift: float | None = None):
     """An explainer of the comparison by name; the gradient baselines drive the autoencoder's UNet."""
     from didae_xai.baselines import ACE, DiME, FastDiME
     from didae_xai.explain import DiDAE
 
     if name.startswith("didae_"):
         return DiDAE(student, models.autoencoder, dictionaries[name.split("_", 1)[1]], probe=probe,
-                     internal_batch_size=batch_size, class_names=class_names)
+                     internal_batch_size=batch_size, class_names=class_names, max_shift=max_shift)
     common = dict(internal_batch_size=batch_size, seed=seed, class_names=class_names)
     if name == "ace":
         return ACE(student, models.autoencoder, iterations=preset.ace_iterations, steps=preset.ace_steps,
@@ -201,12 +202,12 @@ def warm_up(name: str, explainer, x: torch.Tensor, preset: ComparePreset, models
 
 def explain_step(name: str, student_name: str, student, models: ComparisonModels, dictionaries: dict,
                  factuals, train_images: torch.Tensor, plan: AtomPlan, preset: ComparePreset, surrogate, probe,
-                 seed: int, figure: Path | None) -> tuple[dict, object]:
+                 seed: int, figure: Path | None, max_shift: float | None = None) -> tuple[dict, object]:
     """Explain ``factuals`` with one explainer; flip rate, NAFR, cf/s (warm), and a grid figure."""
     slow = name in GRADIENT_EXPLAINERS
     n = preset.factuals_dime if name == "dime" else preset.factuals_slow if slow else preset.factuals
     x = factuals.float_images()[:n]
-    explainer = make_explainer(name, student, models, dictionaries, preset, seed, probe=probe)
+    explainer = make_explainer(name, student, models, dictionaries, preset, seed, probe=probe, max_shift=max_shift)
     if name.startswith("didae_") and probe is None:
         explainer.fit(train_images)
     warm_up(name, explainer, x, preset, models, student, seed)
@@ -362,12 +363,12 @@ def run_compare(
                 continue  # the slow baselines explain the primary student only
             figure = out / "figures" / f"counterfactuals_{name}.png" if student_name == options.primary_student else None
             key = {"step": "explain", "name": name, "student": student_name, "preset": p.to_dict(), "models": model_keys,
-                   "seed": options.seed}
+                   "seed": options.seed, "max_shift": options.max_shift}
 
             def compute(name=name, student_name=student_name, student=student, figure=figure, surrogate=surrogate) -> dict:
                 log(f"explaining the {student_name} student with {name}")
                 row, explainer = explain_step(name, student_name, student, models, dictionaries, factuals, train_images, plan, p,
-                                              surrogate, probes.get(student_name), options.seed, figure)
+                                              surrogate, probes.get(student_name), options.seed, figure, options.max_shift)
                 if name.startswith("didae_"):
                     probes.setdefault(student_name, explainer.probe)
                 return row
@@ -391,12 +392,12 @@ def run_compare(
         explainer = None
         if any(c.startswith("didae_cfkd") for c in options.correctors):
             explainer = make_explainer("didae_procrustes", student, models, dictionaries, p, options.seed,
-                                       probe=probes.get(student_name))
+                                       probe=probes.get(student_name), max_shift=options.max_shift)
             if explainer.probe is None:
                 explainer.fit(train_images)
         for name in options.correctors:
             key = {"step": "correct", "name": name, "student": student_name, "preset": p.to_dict(), "models": model_keys,
-                   "seed": options.seed}
+                   "seed": options.seed, "max_shift": options.max_shift}
 
             def compute(name=name, student_name=student_name, student=student, explainer=explainer, baseline=baseline) -> dict:
                 log(f"correcting the {student_name} student with {name}")

@@ -214,6 +214,8 @@ def command_line(results: dict) -> str:
     parts = ["didae-xai compare", f"--preset {cfg['preset']['name']}", f"--dataset {cfg['dataset']}", f"--seed {cfg['seed']}"]
     if cfg.get("data_root"):
         parts.append(f"--data-root {cfg['data_root']}")
+    if cfg.get("max_shift") is not None:
+        parts.append(f"--max-shift {cfg['max_shift']:g}")
     if cfg.get("backbone"):
         parts.append(f"--backbone {cfg['backbone']} --weights {cfg['weights']}")
     return " ".join(parts)
