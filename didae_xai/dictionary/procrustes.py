@@ -19,7 +19,10 @@ class ProcrustesDictionary(Dictionary):
         names: attribute names, one per column of ``Y`` (default ``attr0 ...``).
 
     Attributes:
-        components_ (K, D), mean_ (D,), names_ (K,), fit_info_.
+        components_: ``(K, D)`` orthonormal atoms, one per row.
+        mean_: ``(D,)`` mean of the embeddings it was fitted on.
+        names_: the K atom names.
+        fit_info_: fitting metadata (number of samples, singular values).
     """
 
     kind = "procrustes"

@@ -136,7 +136,7 @@ def na_rate(student_flipped: torch.Tensor, surrogate_flipped: torch.Tensor) -> f
 
 
 def proximity_l1(x: torch.Tensor, x_cf: torch.Tensor) -> torch.Tensor:
-    """Per-pair proximity: mean_{c,h,w} |x - x_cf| with images in ``[0, 1]`` (uint8 is scaled).
+    """Per-pair proximity: ``mean_{c,h,w} |x - x_cf|`` with images in ``[0, 1]`` (uint8 is scaled).
 
     Args:
         x: ``(N, ...)`` factual images.
@@ -152,7 +152,7 @@ def proximity_l1(x: torch.Tensor, x_cf: torch.Tensor) -> torch.Tensor:
 
 
 def diversity(deltas: torch.Tensor, eps: float = 1e-12) -> float:
-    """Diversity = 1 − mean_n [ mean_{i<j} |cos(d_{n,i}, d_{n,j})| ] over the K changes of a factual.
+    """Diversity ``= 1 − mean_n [ mean_{i<j} |cos(d_{n,i}, d_{n,j})| ]`` over the K changes of a factual.
 
     Orthogonal changes give 1, parallel (or anti-parallel) changes give 0. Pairs involving a zero
     change (cosine undefined) are skipped, and so are factuals left without a pair.
@@ -206,10 +206,10 @@ def pixel_diversity(x: torch.Tensor, x_cf: torch.Tensor) -> float:
 
 
 def latent_sparsity(d: torch.Tensor) -> float:
-    """Sparsity = 1 − mean_i [(Σ_j |d_ij| − max_j |d_ij|) / ((n − 1) · max_j |d_ij|)].
+    """Sparsity ``= 1 − mean_i [(Σ_j |d_ij| − max_j |d_ij|) / ((n − 1) · max_j |d_ij|)]``.
 
     1 when each counterfactual changes a single factor, 0 when it changes all n factors equally.
-    Rows without any change (max |d| = 0) are skipped.
+    Rows without any change (``max |d| = 0``) are skipped.
 
     Args:
         d: ``(N, n)`` change of the n ≥ 2 ground-truth factors, ``latent(x_cf) - latent(x)``.
