@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--surrogate-epochs", type=int, default=SURROGATE_CPU.epochs)
     parser.add_argument("--max-shift", type=float, default=None,
                         help="bound each move to this many standard deviations of the data along the atom")
+    parser.add_argument("--line-search", default=None,
+                        help="comma-separated reflection factors tried in turn until the student flips (e.g. 2,3,4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -96,8 +98,9 @@ def main() -> None:
     x = factuals.float_images()
     train_images = data.train.float_images()
 
+    line_search = [float(v) for v in args.line_search.split(",")] if args.line_search else None
     result: dict = {"batch_size": args.batch_size, "steps": ae.steps, "factuals": len(factuals), "threads": args.threads,
-                    "max_shift": args.max_shift}
+                    "max_shift": args.max_shift, "line_search": line_search}
     # The surrogate's L2 budget scales with the image side (reference: eps = 1.0 at 64x64).
     eps = size / 64
     surrogates = {}
@@ -117,7 +120,8 @@ def main() -> None:
             range(4), key=lambda k: abs(pearson(dic.transform(z_eval)[:, k], eval_split.factors["ColorB"])))
         entry["confounder_atom"] = dic.names_[confounder]
         for name, student in students.items():
-            explainer = DiDAE(student, ae, dic, class_names=["dark", "bright"], max_shift=args.max_shift).fit(train_images)
+            explainer = DiDAE(student, ae, dic, class_names=["dark", "bright"], max_shift=args.max_shift,
+                              line_search=line_search).fit(train_images)
             explainer.explain(x[:8])  # warm-up: the timed batch below is not the first
             exp = explainer.explain(x)
             n, k = exp.flipped.shape
