@@ -14,7 +14,9 @@ DOCS = Path(__file__).resolve().parent
 
 # Nothing is downloaded at build time, and the examples share one artifact store.
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["DIDAE_XAI_HOME"] = os.environ.get("DIDAE_XAI_DOCS_HOME", str(DOCS / "_build" / "didae_xai_home"))
+os.environ["DIDAE_XAI_HOME"] = os.environ.get(
+    "DIDAE_XAI_DOCS_HOME", str(DOCS / "_build" / "didae_xai_home")
+)
 
 import torch  # noqa: E402
 import tqdm  # noqa: E402
@@ -58,17 +60,23 @@ html_static_path = ["_static"]
 html_css_files = ["custom.css"]
 html_theme = "furo"
 html_title = f"didae-xai {release}"
-pygments_style = "sphinx"
-pygments_dark_style = "monokai"
 
 # -- autodoc / napoleon ------------------------------------------------------------------------------
-autodoc_default_options = {"members": True, "member-order": "bysource", "show-inheritance": True}
+autodoc_default_options = {
+    "members": True,
+    "member-order": "bysource",
+    "show-inheritance": True,
+}
 autodoc_typehints = "signature"
 autodoc_class_signature = "mixed"
 autodoc_preserve_defaults = True
 napoleon_google_docstring = True
-napoleon_numpy_docstring = True  # the Zennit adapter follows Zennit's own (numpy) docstring style
-napoleon_use_ivar = True  # "Attributes:" as fields, so dataclass fields are not documented twice
+napoleon_numpy_docstring = (
+    True  # the Zennit adapter follows Zennit's own (numpy) docstring style
+)
+napoleon_use_ivar = (
+    True  # "Attributes:" as fields, so dataclass fields are not documented twice
+)
 napoleon_use_rtype = False
 
 # -- matplotlib plot directive (the concept figures in figures/) -------------------------------------

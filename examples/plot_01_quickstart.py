@@ -18,7 +18,12 @@ import matplotlib.pyplot as plt
 import torch
 from rich.console import Console
 
-from didae_xai.benchmark.compare import CompareOptions, atom_plan, fit_dictionaries, load_benchmark
+from didae_xai.benchmark.compare import (
+    CompareOptions,
+    atom_plan,
+    fit_dictionaries,
+    load_benchmark,
+)
 from didae_xai.benchmark.models import prepare_models
 from didae_xai.benchmark.presets import PRESETS
 from didae_xai.benchmark.store import ArtifactStore
@@ -26,9 +31,9 @@ from didae_xai.data import balanced_indices, round_robin_order
 from didae_xai.explain import DiDAE
 from didae_xai.metrics import group_report
 
-# The tiny models the gallery shares: the ``smoke`` preset with more data, a few more epochs and
-# 600 autoencoder steps. The artifact store finds them by the hash of this config, so the first
-# example trains them and every other example loads them.
+# The tiny models the gallery shares: the ``smoke`` preset with more data, more
+# epochs and 600 autoencoder steps. The artifact store finds them by the hash of
+# this config: the first example trains them, every other example loads them.
 preset = PRESETS["smoke"].replace(
     n_generator=8000, fm_epochs=5, probe_epochs=10, autoencoder_steps=600, ddim_steps=10
 )
@@ -42,9 +47,14 @@ fig, axes = plt.subplots(1, 4, figsize=(6, 1.9))
 for g, ax in enumerate(axes):
     i = int(torch.nonzero(data.train.groups == g)[0])
     ax.imshow(data.train.images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
-    ax.set_title(f"g{g}: square {'bright' if g // 2 else 'dark'}\nbackground {'bright' if g % 2 else 'dark'}", fontsize=7)
+    ax.set_title(
+        f"g{g}: square {'bright' if g // 2 else 'dark'}\nbackground {'bright' if g % 2 else 'dark'}",
+        fontsize=7,
+    )
     ax.axis("off")
-fig.suptitle("The four groups (g1 and g2 hold 98% of the poisoned training set)", fontsize=8)
+fig.suptitle(
+    "The four groups (g1 and g2 hold 98% of the poisoned training set)", fontsize=8
+)
 fig.tight_layout()
 
 # %%
@@ -54,16 +64,29 @@ fig.tight_layout()
 # "foundation model" on balanced data (its pooled features are the embedding ``z``), the *student*
 # (a linear probe on ``z`` trained on the poisoned set) and the diffusion autoencoder that decodes
 # ``z`` back into images. On the first run this takes a few minutes on two CPU cores.
-models = prepare_models(data, options.data_key(), preset, ArtifactStore(), options.students, need_teacher=False,
-                        log=Console(width=110).print)
+models = prepare_models(
+    data,
+    options.data_key(),
+    preset,
+    ArtifactStore(),
+    options.students,
+    need_teacher=False,
+    log=Console(width=110).print,
+)
 student = models.students["probe"]
 autoencoder = models.autoencoder
 
 # %%
 # The student learned the shortcut: it is right on the two majority groups and wrong on the
 # minority groups (g0, g3), where the background disagrees with the square.
-report = group_report(student.predict(data.test.float_images()), data.test.y, data.test.a)
-print({g: round(acc, 3) for g, acc in report["group_accuracy"].items()}, "AGA", round(report["aga"], 3))
+report = group_report(
+    student.predict(data.test.float_images()), data.test.y, data.test.a
+)
+print(
+    {g: round(acc, 3) for g, acc in report["group_accuracy"].items()},
+    "AGA",
+    round(report["aga"], 3),
+)
 
 # %%
 # A dictionary of attribute directions
@@ -86,7 +109,9 @@ print(dictionary)
 # whose boundary lies further away is moved that far and no further, so the counterfactual stays an
 # image like those in the data and is reported as not flipping. Without it (the paper's unbounded
 # reflection) such atoms often decode to noise-like images.
-explainer = DiDAE(student, autoencoder, dictionary, class_names=["dark", "bright"], max_shift=3.0)
+explainer = DiDAE(
+    student, autoencoder, dictionary, class_names=["dark", "bright"], max_shift=3.0
+)
 explainer.fit(data.train.float_images())
 print(f"probe fidelity: {explainer.probe.fidelity:.3f}")
 
@@ -103,5 +128,5 @@ fig = explanation.plot(max_rows=8)
 # prediction. A green title marks a flip. Along ``ColorB`` only the background changes, and the
 # student changes its mind: the explanation exposes the shortcut. The flip rate per atom sums this up:
 print({atom: round(rate, 2) for atom, rate in explanation.flip_rate_by_atom().items()})
-# Speed of this (cold) call on this machine; ``didae-xai compare`` measures it on a warm batch.
+# Speed of this first (cold) call; ``didae-xai compare`` measures a warm batch.
 print(f"{explanation.timings['cf_per_s']:.1f} counterfactuals per second")

@@ -14,7 +14,12 @@ with no classifier involved.
 # means to the autoencoder.
 import matplotlib.pyplot as plt
 
-from didae_xai.benchmark.compare import CompareOptions, atom_plan, fit_dictionaries, load_benchmark
+from didae_xai.benchmark.compare import (
+    CompareOptions,
+    atom_plan,
+    fit_dictionaries,
+    load_benchmark,
+)
 from didae_xai.benchmark.models import prepare_models
 from didae_xai.benchmark.presets import PRESETS
 from didae_xai.benchmark.store import ArtifactStore
@@ -22,14 +27,22 @@ from didae_xai.data import balanced_indices
 from didae_xai.explain import DiDAE
 from didae_xai.metrics import square_oracle_latent
 
-# The gallery's shared tiny models (trained by the first example, loaded from the store here).
+# The gallery's shared tiny models, trained by the first example and
+# loaded from the artifact store here.
 preset = PRESETS["smoke"].replace(
     n_generator=8000, fm_epochs=5, probe_epochs=10, autoencoder_steps=600, ddim_steps=10
 )
 options = CompareOptions(preset=preset, students=("probe",))
 data = load_benchmark(options)
-models = prepare_models(data, options.data_key(), preset, ArtifactStore(), options.students, need_teacher=False,
-                        log=lambda message: None)
+models = prepare_models(
+    data,
+    options.data_key(),
+    preset,
+    ArtifactStore(),
+    options.students,
+    need_teacher=False,
+    log=lambda message: None,
+)
 dictionaries = fit_dictionaries(models.autoencoder, data, atom_plan(data))
 
 # One test image per group.
@@ -40,13 +53,24 @@ x = factuals.float_images()
 
 def atlas(dictionary, title):
     """Rows: images. Columns: the factual, its reconstruction, then one reflection per atom."""
-    explainer = DiDAE(models.students["probe"], models.autoencoder, dictionary)  # reflect needs no probe
+    explainer = DiDAE(
+        models.students["probe"], models.autoencoder, dictionary
+    )  # reflect needs no probe
     columns = [("factual", x), ("reconstruction", models.autoencoder.reconstruct(x))]
-    columns += [(f"reflect {name}", explainer.reflect(x, name)) for name in dictionary.names_]
-    fig, axes = plt.subplots(len(x), len(columns), figsize=(1.3 * len(columns), 1.3 * len(x) + 0.4), squeeze=False)
+    columns += [
+        (f"reflect {name}", explainer.reflect(x, name)) for name in dictionary.names_
+    ]
+    fig, axes = plt.subplots(
+        len(x),
+        len(columns),
+        figsize=(1.3 * len(columns), 1.3 * len(x) + 0.4),
+        squeeze=False,
+    )
     for j, (name, images) in enumerate(columns):
         for i in range(len(x)):
-            axes[i, j].imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            axes[i, j].imshow(
+                images[i].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest"
+            )
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
         axes[0, j].set_title(name, fontsize=7)
@@ -59,10 +83,13 @@ def atlas(dictionary, title):
 # The Procrustes atoms
 # --------------------
 # Supervised by the attribute values, each atom carries a name. Mirroring ``ColorB`` turns a dark
-# background bright and a bright one dark. The square's atoms (``ColorA`` and the two positions)
-# change the images much less. The square covers 16 of the 1024 pixels, and the gallery's briefly
-# trained autoencoder renders it only roughly; ``didae-xai compare`` trains a better one.
-columns = atlas(dictionaries["procrustes"], "Procrustes dictionary: one reflection per atom")
+# background bright and a bright one dark. The square's atoms change the images less, and less
+# cleanly: ``ColorA`` barely alters the square, and the position atoms sometimes move it and
+# sometimes leave a faint second square. The square covers 16 of the 1024 pixels, and the gallery's
+# briefly trained autoencoder renders it only roughly (``didae-xai compare`` trains it longer).
+columns = atlas(
+    dictionaries["procrustes"], "Procrustes dictionary: one reflection per atom"
+)
 
 # %%
 # Square knows where the square is, so the red intensity inside it and the background brightness
@@ -80,4 +107,6 @@ for name, images in columns[2:]:
 # Unsupervised: the top principal directions of the embeddings, named ``pc0``, ``pc1``, ... in
 # order of variance. Their reflections show what they encode; name them after looking
 # (``dictionary.names_`` may be set).
-columns = atlas(dictionaries["svd"], "SVD dictionary: one reflection per principal direction")
+columns = atlas(
+    dictionaries["svd"], "SVD dictionary: one reflection per principal direction"
+)

@@ -25,7 +25,12 @@ from safetensors.torch import save_file
 
 from didae_xai import registry
 from didae_xai.autoencoder import DiffusionAutoencoder
-from didae_xai.benchmark.compare import CompareOptions, atom_plan, fit_dictionaries, load_benchmark
+from didae_xai.benchmark.compare import (
+    CompareOptions,
+    atom_plan,
+    fit_dictionaries,
+    load_benchmark,
+)
 from didae_xai.benchmark.models import prepare_models
 from didae_xai.benchmark.presets import PRESETS
 from didae_xai.benchmark.store import ArtifactStore
@@ -34,17 +39,27 @@ from didae_xai.explain import DiDAE
 from didae_xai.metrics import group_report
 from didae_xai.models.training import PROBE_STUDENT, train_probe
 
-# The gallery's shared tiny models (trained by the first example, loaded from the store here).
+# The gallery's shared tiny models, trained by the first example and
+# loaded from the artifact store here.
 preset = PRESETS["smoke"].replace(
     n_generator=8000, fm_epochs=5, probe_epochs=10, autoencoder_steps=600, ddim_steps=10
 )
 options = CompareOptions(preset=preset, students=("probe",))
 data = load_benchmark(options)
-models = prepare_models(data, options.data_key(), preset, ArtifactStore(), options.students, need_teacher=False,
-                        log=lambda message: None)
+models = prepare_models(
+    data,
+    options.data_key(),
+    preset,
+    ArtifactStore(),
+    options.students,
+    need_teacher=False,
+    log=lambda message: None,
+)
 
 weights = Path(tempfile.mkdtemp()) / "resnet18_square.safetensors"
-save_file(models.fm.model.state_dict(), str(weights))  # a plain timm state dict, classifier head included
+save_file(
+    models.fm.model.state_dict(), str(weights)
+)  # a plain timm state dict, classifier head included
 
 # %%
 # The backbone
@@ -52,13 +67,18 @@ save_file(models.fm.model.state_dict(), str(weights))  # a plain timm state dict
 # ``registry.create("backbone", "timm", ...)`` builds the timm model without its classifier, loads
 # the local weights (the head's keys are dropped) and freezes it. It takes images in ``[0, 1]`` and
 # applies timm's own normalisation; its embedding is the pooled penultimate feature vector.
-backbone = registry.create("backbone", "timm", model_name="resnet18", weights=weights, image_size=32)
+backbone = registry.create(
+    "backbone", "timm", model_name="resnet18", weights=weights, image_size=32
+)
 print(type(backbone).__name__, backbone.extra_repr())
 
 x_all = data.test.float_images()
 z = backbone.embed(x_all)
 print("embeddings:", tuple(z.shape))
-print("same embedding as the foundation model:", torch.allclose(z, models.backbone.embed(x_all), atol=1e-5))
+print(
+    "same embedding as the foundation model:",
+    torch.allclose(z, models.backbone.embed(x_all), atol=1e-5),
+)
 
 # %%
 # Your classifier
@@ -66,9 +86,18 @@ print("same embedding as the foundation model:", torch.allclose(z, models.backbo
 # A linear head on the frozen backbone, trained on the poisoned training set. Any classifier that
 # takes images in ``[0, 1]`` and returns logits can be explained; this one is also a
 # :class:`~didae_xai.models.ProbeClassifier`, so the correctors can retrain its head.
-classifier, _ = train_probe(backbone, data.train, replace(PROBE_STUDENT, epochs=100), val=data.val, progress=False)
+classifier, _ = train_probe(
+    backbone,
+    data.train,
+    replace(PROBE_STUDENT, epochs=100),
+    val=data.val,
+    progress=False,
+)
 report = group_report(classifier.predict(x_all), data.test.y, data.test.a)
-print("test accuracy per group:", {g: round(a, 3) for g, a in report["group_accuracy"].items()})
+print(
+    "test accuracy per group:",
+    {g: round(a, 3) for g, a in report["group_accuracy"].items()},
+)
 
 # %%
 # The autoencoder and the dictionary
@@ -79,7 +108,9 @@ print("test accuracy per group:", {g: round(a, 3) for g, a in report["group_accu
 # ``didae-xai train --backbone timm:resnet18 --weights resnet18.safetensors`` or
 # :func:`~didae_xai.autoencoder.train_autoencoder`, and load it with
 # :meth:`DiffusionAutoencoder.from_pretrained <didae_xai.autoencoder.DiffusionAutoencoder.from_pretrained>`.
-autoencoder = DiffusionAutoencoder(backbone, models.autoencoder.unet, steps=preset.ddim_steps)
+autoencoder = DiffusionAutoencoder(
+    backbone, models.autoencoder.unet, steps=preset.ddim_steps
+)
 dictionary = fit_dictionaries(autoencoder, data, atom_plan(data))["procrustes"]
 
 # %%
@@ -89,7 +120,9 @@ dictionary = fit_dictionaries(autoencoder, data, atom_plan(data))["procrustes"]
 # With no atom given it takes, per image, the atom whose counterfactual gives ``target`` the highest
 # probability. Here every image is pushed towards the class the classifier does *not* predict.
 # ``max_shift=3.0`` keeps every edit within the range of the data, as in the quickstart.
-explainer = DiDAE(classifier, autoencoder, dictionary, max_shift=3.0).fit(data.train.float_images())
+explainer = DiDAE(classifier, autoencoder, dictionary, max_shift=3.0).fit(
+    data.train.float_images()
+)
 pick = balanced_indices(data.test.y, data.test.a, per_group=1, seed=2)
 pick = pick[round_robin_order(data.test.y[pick], data.test.a[pick])]
 x = data.test.subset(pick).float_images()
@@ -107,9 +140,19 @@ fig, axes = plt.subplots(len(x), 3, figsize=(4.2, 1.45 * len(x)), squeeze=False)
 limit = float(delta.sum(1).abs().max())
 for i in rows:
     axes[i, 0].imshow(x[i].permute(1, 2, 0).numpy(), interpolation="nearest")
-    axes[i, 1].imshow((x[i] + delta[i]).clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
-    axes[i, 2].imshow(delta[i].sum(0).numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-    axes[i, 1].set_title(f"along {atoms[i]} ({'flip' if flipped[i] else 'no flip'})", fontsize=7)
+    axes[i, 1].imshow(
+        (x[i] + delta[i]).clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest"
+    )
+    axes[i, 2].imshow(
+        delta[i].sum(0).numpy(),
+        cmap="RdBu_r",
+        vmin=-limit,
+        vmax=limit,
+        interpolation="nearest",
+    )
+    axes[i, 1].set_title(
+        f"along {atoms[i]} ({'flip' if flipped[i] else 'no flip'})", fontsize=7
+    )
     for ax in axes[i]:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -34,18 +34,20 @@ from didae_xai.metrics import group_report
 from didae_xai.models.training import PROBE_STUDENT, train_probe
 
 folder = Path(tempfile.mkdtemp())
-config_path = folder / "tiny-square-vit.json"  # the file name is the architecture's name
-config_path.write_text(json.dumps({
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 64, "layers": 2, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1},
-}))
+# The config's file name is the architecture's name.
+config_path = folder / "tiny-square-vit.json"
+vision = {"image_size": 32, "patch_size": 4, "width": 64, "layers": 2, "head_width": 32}
+text = {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1}
+config = {"embed_dim": 64, "vision_cfg": vision, "text_cfg": text}
+config_path.write_text(json.dumps(config))
 open_clip.add_model_config(config_path)
-logging.getLogger().setLevel(logging.ERROR)  # open_clip logs that the weights are random: here that is the point
+# open_clip logs a warning that the weights are random: here that is the point.
+logging.getLogger().setLevel(logging.ERROR)
 torch.manual_seed(0)
 clip = open_clip.create_model("tiny-square-vit", pretrained=None)
 checkpoint = folder / "epoch_1.pt"
-torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in clip.state_dict().items()}}, checkpoint)
+state = {f"module.{k}": v for k, v in clip.state_dict().items()}
+torch.save({"epoch": 1, "state_dict": state}, checkpoint)
 
 # %%
 # The backbone
@@ -53,9 +55,13 @@ torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in clip.state_d
 # ``registry.create("backbone", "open_clip", ...)`` builds the architecture from the config, keeps
 # only the image tower, loads its weights from the checkpoint and freezes it. It takes images in
 # ``[0, 1]`` and applies the model's own resizing and normalisation.
-backbone = registry.create("backbone", "open_clip", arch=config_path, weights=checkpoint)
-print(f"embedding_dim={backbone.embedding_dim}, image_size={backbone.image_size}, "
-      f"{sum(p.numel() for p in backbone.parameters())} parameters")
+backbone = registry.create(
+    "backbone", "open_clip", arch=config_path, weights=checkpoint
+)
+print(
+    f"embedding_dim={backbone.embedding_dim}, image_size={backbone.image_size}, "
+    f"{sum(p.numel() for p in backbone.parameters())} parameters"
+)
 
 # %%
 # Does the embedding encode what we want to edit?
@@ -64,18 +70,24 @@ print(f"embedding_dim={backbone.embedding_dim}, image_size={backbone.image_size}
 # linear there. A Procrustes dictionary fitted on balanced Square images gives a quick check: the
 # correlation of each atom's coordinate with its attribute, on balanced images it was not fitted on.
 data = load_benchmark(CompareOptions(preset=PRESETS["smoke"].replace(n_generator=4000)))
-names = list(atom_plan(data).attributes)  # ColorA (the task), ColorB (the shortcut), PositionX, PositionY
+# ColorA (the task), ColorB (the shortcut), PositionX, PositionY:
+names = list(atom_plan(data).attributes)
 
 
 def attributes(dataset):
     return torch.stack([dataset.factors[name] for name in names], 1)
 
 
-fit_on, held_out = data.generator.select_split("train"), data.generator.select_split("test")
-dictionary = ProcrustesDictionary(names=names).fit(backbone.embed(fit_on.float_images()), attributes(fit_on))
+fit_on = data.generator.select_split("train")
+held_out = data.generator.select_split("test")
+dictionary = ProcrustesDictionary(names=names).fit(
+    backbone.embed(fit_on.float_images()), attributes(fit_on)
+)
 coordinates = dictionary.transform(backbone.embed(held_out.float_images()))
 for k, name in enumerate(names):
-    r = torch.corrcoef(torch.stack([coordinates[:, k].float(), held_out.factors[name]]))[0, 1]
+    r = torch.corrcoef(
+        torch.stack([coordinates[:, k].float(), held_out.factors[name]])
+    )[0, 1]
     print(f"{name:10s} correlation with its atom's coordinate: {r:+.2f}")
 
 # %%
@@ -88,9 +100,20 @@ for k, name in enumerate(names):
 # ----------------------------
 # A linear head trained on the poisoned training set. With the square's colour barely encoded, it
 # has little choice but to use the background.
-student, _ = train_probe(backbone, data.train, replace(PROBE_STUDENT, epochs=100), val=data.val, progress=False)
-report = group_report(student.predict(data.test.float_images()), data.test.y, data.test.a)
-print("test accuracy per group:", {g: round(a, 3) for g, a in report["group_accuracy"].items()})
+student, _ = train_probe(
+    backbone,
+    data.train,
+    replace(PROBE_STUDENT, epochs=100),
+    val=data.val,
+    progress=False,
+)
+report = group_report(
+    student.predict(data.test.float_images()), data.test.y, data.test.a
+)
+print(
+    "test accuracy per group:",
+    {g: round(a, 3) for g, a in report["group_accuracy"].items()},
+)
 
 # %%
 # Counterfactuals in the embedding space
@@ -102,7 +125,10 @@ print("test accuracy per group:", {g: round(a, 3) for g, a in report["group_accu
 # embedding flips its decision. The only step missing is decoding the edits into images: that needs a
 # diffusion autoencoder trained on this backbone, e.g.
 # ``didae-xai train --backbone open_clip:tiny-square-vit.json --weights epoch_1.pt``.
-probe = distill_probe(backbone.embed(data.train.float_images()), student.predict(data.train.float_images()))
+probe = distill_probe(
+    backbone.embed(data.train.float_images()),
+    student.predict(data.train.float_images()),
+)
 print(f"probe fidelity: {probe.fidelity:.3f}")
 
 x = data.test.float_images()
@@ -113,13 +139,15 @@ w, b = probe.pair(pred, target)
 shift, flips = {}, {}
 for k, name in enumerate(names):
     u = dictionary.components_[k].float()
-    z_cf, movable = boundary_inversion(z, w, u, b)
+    z_cf, _ = boundary_inversion(z, w, u, b)
     with torch.no_grad():
         flips[name] = (student.head(z_cf).argmax(1) == target).float().mean().item()
-    # How far the edit moves along the atom, in standard deviations of the data along it.
+    # Length of the edit, in standard deviations of the data along the atom.
     shift[name] = ((z_cf - z) @ u).abs() / dictionary.scale_[k].float()
-    print(f"{name:10s} flips the student on {flips[name]:.0%} of the test images; "
-          f"median move {shift[name].median():.1f} standard deviations")
+    print(
+        f"{name:10s} flips the student on {flips[name]:.0%} of the test images; "
+        f"median move {shift[name].median():.1f} standard deviations"
+    )
 
 # %%
 # What matters is how *far* each edit has to go. Along ``ColorB`` the decision flips within the range
@@ -133,7 +161,17 @@ ax.boxplot([shift[name].clamp(max=1e3).numpy() for name in names], showfliers=Fa
 ax.set_xticks(range(1, len(names) + 1), names)
 ax.set_yscale("log")
 ax.axhline(3.0, color="tab:red", lw=1, ls="--")
-ax.text(len(names) + 0.45, 3.0, "3 std", color="tab:red", fontsize=7, va="bottom", ha="right")
+ax.text(
+    len(names) + 0.45,
+    3.0,
+    "3 std",
+    color="tab:red",
+    fontsize=7,
+    va="bottom",
+    ha="right",
+)
 ax.set_ylabel("length of the edit\n(std of the data along the atom)", fontsize=8)
-ax.set_title("Length of the edit that crosses the boundary, per atom (test images)", fontsize=9)
+ax.set_title(
+    "Length of the edit that crosses the boundary, per atom (test images)", fontsize=9
+)
 fig.tight_layout()

@@ -15,24 +15,46 @@ accuracies before and after. Projecting the shortcut atom out of the features is
 import matplotlib.pyplot as plt
 import numpy as np
 
-from didae_xai.benchmark.compare import CompareOptions, atom_plan, fit_dictionaries, load_benchmark
+from didae_xai.benchmark.compare import (
+    CompareOptions,
+    atom_plan,
+    fit_dictionaries,
+    load_benchmark,
+)
 from didae_xai.benchmark.models import prepare_models
 from didae_xai.benchmark.presets import PRESETS
 from didae_xai.benchmark.store import ArtifactStore
-from didae_xai.correct import CFKD, CorrectionData, PreclusteredTeacher, Projection, correct_and_evaluate, evaluate
+from didae_xai.correct import (
+    CFKD,
+    CorrectionData,
+    PreclusteredTeacher,
+    Projection,
+    correct_and_evaluate,
+    evaluate,
+)
 from didae_xai.explain import DiDAE
 
-# The gallery's shared tiny models (trained by the first example, loaded from the store here).
+# The gallery's shared tiny models, trained by the first example and
+# loaded from the artifact store here.
 preset = PRESETS["smoke"].replace(
     n_generator=8000, fm_epochs=5, probe_epochs=10, autoencoder_steps=600, ddim_steps=10
 )
 options = CompareOptions(preset=preset, students=("probe",))
 data = load_benchmark(options)
-models = prepare_models(data, options.data_key(), preset, ArtifactStore(), options.students, need_teacher=False,
-                        log=lambda message: None)
+models = prepare_models(
+    data,
+    options.data_key(),
+    preset,
+    ArtifactStore(),
+    options.students,
+    need_teacher=False,
+    log=lambda message: None,
+)
 dictionary = fit_dictionaries(models.autoencoder, data, atom_plan(data))["procrustes"]
 student = models.students["probe"]
-explainer = DiDAE(student, models.autoencoder, dictionary, max_shift=3.0).fit(data.train.float_images())
+explainer = DiDAE(student, models.autoencoder, dictionary, max_shift=3.0).fit(
+    data.train.float_images()
+)
 
 # %%
 # The correctors
@@ -47,12 +69,25 @@ explainer = DiDAE(student, models.autoencoder, dictionary, max_shift=3.0).fit(da
 # instead: no retraining at all.
 correction_data = CorrectionData.from_benchmark(data)
 before = evaluate(student, data.test)
-cfkd = CFKD(explainer, PreclusteredTeacher(true_atoms=("ColorA",)), max_factuals=64, seed=0, progress=False)
+cfkd = CFKD(
+    explainer,
+    PreclusteredTeacher(true_atoms=("ColorA",)),
+    max_factuals=64,
+    seed=0,
+    progress=False,
+)
 rows = {
     "student": before,
-    "CFKD": correct_and_evaluate(cfkd, student, correction_data, data.test, baseline_aga=before["aga"]),
-    "projection": correct_and_evaluate(Projection(dictionary=dictionary, atoms=("ColorB",)), student, correction_data,
-                                       data.test, baseline_aga=before["aga"]),
+    "CFKD": correct_and_evaluate(
+        cfkd, student, correction_data, data.test, baseline_aga=before["aga"]
+    ),
+    "projection": correct_and_evaluate(
+        Projection(dictionary=dictionary, atoms=("ColorB",)),
+        student,
+        correction_data,
+        data.test,
+        baseline_aga=before["aga"],
+    ),
 }
 for name, row in rows.items():
     groups = " ".join(f"{g} {acc:.3f}" for g, acc in row["group_accuracy"].items())
@@ -63,7 +98,12 @@ for name, row in rows.items():
 # What CFKD did: how many counterfactuals it made, the teacher's verdicts, and how many it trained on.
 record = rows["CFKD"]["record"]
 print("counterfactuals:", record["n_counterfactuals"], "verdicts:", record["verdicts"])
-print("trained on:", record["n_train_counterfactuals"], "'false' counterfactuals; labels used:", rows["CFKD"]["labels_used"])
+print(
+    "trained on:",
+    record["n_train_counterfactuals"],
+    "'false' counterfactuals; labels used:",
+    rows["CFKD"]["labels_used"],
+)
 
 # %%
 # Group accuracies before and after
@@ -76,11 +116,25 @@ width = 0.8 / len(names)
 fig, ax = plt.subplots(figsize=(6, 3.2))
 for k, name in enumerate(names):
     values = [rows[name]["group_accuracy"][g] for g in groups]
-    ax.bar(np.arange(len(groups)) + (k - (len(names) - 1) / 2) * width, values, width, label=name)
-ax.set_xticks(np.arange(len(groups)), [f"{g}\n(y={int(g[1]) // 2}, a={int(g[1]) % 2})" for g in groups])
+    ax.bar(
+        np.arange(len(groups)) + (k - (len(names) - 1) / 2) * width,
+        values,
+        width,
+        label=name,
+    )
+ax.set_xticks(
+    np.arange(len(groups)),
+    [f"{g}\n(y={int(g[1]) // 2}, a={int(g[1]) % 2})" for g in groups],
+)
 ax.set_ylabel("test accuracy")
 ax.set_ylim(0, 1.05)
-ax.legend(fontsize=8, ncol=len(names), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+ax.legend(
+    fontsize=8,
+    ncol=len(names),
+    loc="lower center",
+    bbox_to_anchor=(0.5, 1.0),
+    frameon=False,
+)
 fig.tight_layout()
 
 # %%
@@ -91,8 +145,12 @@ if cf_data is not None and len(cf_data):
     n = min(8, len(cf_data))
     fig, axes = plt.subplots(1, n, figsize=(1.2 * n, 1.5), squeeze=False)
     for i in range(n):
-        axes[0, i].imshow(cf_data.images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
-        axes[0, i].set_title("label: " + ("bright" if cf_data.y[i] else "dark"), fontsize=7)
+        axes[0, i].imshow(
+            cf_data.images[i].permute(1, 2, 0).numpy(), interpolation="nearest"
+        )
+        axes[0, i].set_title(
+            "label: " + ("bright" if cf_data.y[i] else "dark"), fontsize=7
+        )
         axes[0, i].axis("off")
     fig.suptitle("'False' counterfactuals, kept with their original label", fontsize=8)
     fig.tight_layout()

@@ -24,26 +24,41 @@ import time
 import matplotlib.pyplot as plt
 
 from didae_xai.baselines import ACE, DiME, FastDiME
-from didae_xai.benchmark.compare import CompareOptions, atom_plan, fit_dictionaries, load_benchmark
+from didae_xai.benchmark.compare import (
+    CompareOptions,
+    atom_plan,
+    fit_dictionaries,
+    load_benchmark,
+)
 from didae_xai.benchmark.models import prepare_models
 from didae_xai.benchmark.presets import PRESETS
 from didae_xai.benchmark.store import ArtifactStore
 from didae_xai.data import balanced_indices, round_robin_order
 from didae_xai.explain import DiDAE
 
-# The gallery's shared tiny models (trained by the first example, loaded from the store here).
+# The gallery's shared tiny models, trained by the first example and
+# loaded from the artifact store here.
 preset = PRESETS["smoke"].replace(
     n_generator=8000, fm_epochs=5, probe_epochs=10, autoencoder_steps=600, ddim_steps=10
 )
 options = CompareOptions(preset=preset, students=("probe",))
 data = load_benchmark(options)
-models = prepare_models(data, options.data_key(), preset, ArtifactStore(), options.students, need_teacher=False,
-                        log=lambda message: None)
+models = prepare_models(
+    data,
+    options.data_key(),
+    preset,
+    ArtifactStore(),
+    options.students,
+    need_teacher=False,
+    log=lambda message: None,
+)
 dictionary = fit_dictionaries(models.autoencoder, data, atom_plan(data))["procrustes"]
 student, autoencoder = models.students["probe"], models.autoencoder
 
 explainers = {
-    "DiDAE": DiDAE(student, autoencoder, dictionary, max_shift=3.0).fit(data.train.float_images()),
+    "DiDAE": DiDAE(student, autoencoder, dictionary, max_shift=3.0).fit(
+        data.train.float_images()
+    ),
     "DiME": DiME(student, autoencoder, tau=6, respacing=50, seed=0),
     "FastDiME": FastDiME(student, autoencoder, tau=20, respacing=50, warmup=10, seed=0),
     "ACE": ACE(student, autoencoder, iterations=10, steps=3, respacing=25, seed=0),
@@ -65,11 +80,15 @@ for name, explainer in explainers.items():
     explanations[name] = explainer.explain(x)
     seconds[name] = time.perf_counter() - start
 
-print(f"{'method':10s} {'counterfactuals':>15s} {'seconds':>8s} {'cf/s':>7s} {'flip rate':>9s} {'images flipped':>14s}")
+print(
+    f"{'method':10s} {'counterfactuals':>15s} {'seconds':>8s} {'cf/s':>7s} {'flip rate':>9s} {'images flipped':>14s}"
+)
 for name, exp in explanations.items():
     n_cf = exp.flipped.numel()
-    print(f"{name:10s} {n_cf:15d} {seconds[name]:8.2f} {n_cf / seconds[name]:7.2f} "
-          f"{exp.flipped.float().mean().item():9.2f} {exp.flipped.any(1).float().mean().item():14.2f}")
+    print(
+        f"{name:10s} {n_cf:15d} {seconds[name]:8.2f} {n_cf / seconds[name]:7.2f} "
+        f"{exp.flipped.float().mean().item():9.2f} {exp.flipped.any(1).float().mean().item():14.2f}"
+    )
 
 # %%
 # The counterfactuals side by side
@@ -78,15 +97,25 @@ for name, exp in explanations.items():
 # probability (what ``attribute`` returns), with its name. DiDAE's flips come from the atom the
 # student relies on, the background, and say so. The gradient methods change whatever pixels the
 # classifier's gradient points to (here often the square itself), and nothing names what changed.
-fig, axes = plt.subplots(len(x), 1 + len(explanations), figsize=(1.35 * (1 + len(explanations)), 1.35 * len(x)), squeeze=False)
+fig, axes = plt.subplots(
+    len(x),
+    1 + len(explanations),
+    figsize=(1.35 * (1 + len(explanations)), 1.35 * len(x)),
+    squeeze=False,
+)
 for i in range(len(x)):
     axes[i, 0].imshow(x[i].permute(1, 2, 0).numpy(), interpolation="nearest")
     for j, (name, exp) in enumerate(explanations.items(), start=1):
         k = int(exp.cf_target_confidence[i].argmax())
-        axes[i, j].imshow(exp.counterfactuals[i, k].permute(1, 2, 0).numpy(), interpolation="nearest")
+        axes[i, j].imshow(
+            exp.counterfactuals[i, k].permute(1, 2, 0).numpy(), interpolation="nearest"
+        )
         title = f"{exp.atom_names[k] + ' ' if name == 'DiDAE' else ''}{'flip' if exp.flipped[i, k] else 'no flip'}"
-        axes[i, j].set_title(f"{name}\n{title}" if i == 0 else title, fontsize=6,
-                             color="tab:green" if exp.flipped[i, k] else "tab:gray")
+        axes[i, j].set_title(
+            f"{name}\n{title}" if i == 0 else title,
+            fontsize=6,
+            color="tab:green" if exp.flipped[i, k] else "tab:gray",
+        )
     for ax in axes[i]:
         ax.set_xticks([])
         ax.set_yticks([])

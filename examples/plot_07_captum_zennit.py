@@ -20,7 +20,12 @@ from captum.metrics import infidelity, sensitivity_max
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import EpsilonPlusFlat
 
-from didae_xai.benchmark.compare import CompareOptions, atom_plan, fit_dictionaries, load_benchmark
+from didae_xai.benchmark.compare import (
+    CompareOptions,
+    atom_plan,
+    fit_dictionaries,
+    load_benchmark,
+)
 from didae_xai.benchmark.models import prepare_models
 from didae_xai.benchmark.presets import PRESETS
 from didae_xai.benchmark.store import ArtifactStore
@@ -28,19 +33,30 @@ from didae_xai.data import balanced_indices, round_robin_order
 from didae_xai.explain import DiDAE
 from didae_xai_plugins import CounterfactualAttributor, DiDAECounterfactual
 
-# The gallery's shared tiny models (trained by the first example, loaded from the store here).
+# The gallery's shared tiny models, trained by the first example and
+# loaded from the artifact store here.
 preset = PRESETS["smoke"].replace(
     n_generator=8000, fm_epochs=5, probe_epochs=10, autoencoder_steps=600, ddim_steps=10
 )
 options = CompareOptions(preset=preset, students=("probe",))
 data = load_benchmark(options)
-models = prepare_models(data, options.data_key(), preset, ArtifactStore(), options.students, need_teacher=False,
-                        log=lambda message: None)
+models = prepare_models(
+    data,
+    options.data_key(),
+    preset,
+    ArtifactStore(),
+    options.students,
+    need_teacher=False,
+    log=lambda message: None,
+)
 dictionary = fit_dictionaries(models.autoencoder, data, atom_plan(data))["procrustes"]
 model = models.students["probe"]
-explainer = DiDAE(model, models.autoencoder, dictionary, max_shift=3.0).fit(data.train.float_images())
+explainer = DiDAE(model, models.autoencoder, dictionary, max_shift=3.0).fit(
+    data.train.float_images()
+)
 
-# Four test images, one per group; the counterfactuals should reach the class the model does not predict.
+# Four test images, one per group. Each counterfactual should reach the class
+# the model does not predict.
 pick = balanced_indices(data.test.y, data.test.a, per_group=1, seed=4)
 pick = pick[round_robin_order(data.test.y[pick], data.test.a[pick])]
 x = data.test.subset(pick).float_images()
@@ -55,18 +71,31 @@ classes = ["dark", "bright"]  # the student's classes: the square's colour
 # attribution.
 cf = DiDAECounterfactual(model, explainer)
 attr = cf.attribute(x, target=target)
-smooth = NoiseTunnel(cf).attribute(x, nt_type="smoothgrad", nt_samples=4, stdevs=0.05, target=target)
+smooth = NoiseTunnel(cf).attribute(
+    x, nt_type="smoothgrad", nt_samples=4, stdevs=0.05, target=target
+)
 
 fig, axes = plt.subplots(2, len(x), figsize=(1.6 * len(x), 3.4), squeeze=False)
 for i in range(len(x)):
     image = x[i].permute(1, 2, 0).numpy()
-    for row, (values, name) in enumerate(((attr, "attribute"), (smooth, "NoiseTunnel"))):
-        viz.visualize_image_attr(values[i].permute(1, 2, 0).numpy(), image, "blended_heat_map", sign="all",
-                                 plt_fig_axis=(fig, axes[row, i]), use_pyplot=False)
+    for row, (values, name) in enumerate(
+        ((attr, "attribute"), (smooth, "NoiseTunnel"))
+    ):
+        viz.visualize_image_attr(
+            values[i].permute(1, 2, 0).numpy(),
+            image,
+            "blended_heat_map",
+            sign="all",
+            plt_fig_axis=(fig, axes[row, i]),
+            use_pyplot=False,
+        )
         goal = f"to {classes[int(target[i])]}"
         axes[row, i].set_title(f"{name}\n{goal}" if i == 0 else goal, fontsize=7)
-fig.suptitle("Captum: x_cf - x over the image (green: brighter, red: darker)", fontsize=8)
+fig.suptitle(
+    "Captum: x_cf - x over the image (green: brighter, red: darker)", fontsize=8
+)
 fig.tight_layout()
+
 
 # %%
 # Captum's metrics apply as well: infidelity (how well the attribution predicts the output change
@@ -79,7 +108,10 @@ def perturb(inputs):
 
 torch.manual_seed(0)
 print("infidelity:", infidelity(model, perturb, x, attr, target=target).tolist())
-print("max-sensitivity:", sensitivity_max(cf.attribute, x, target=target, n_perturb_samples=2).tolist())
+print(
+    "max-sensitivity:",
+    sensitivity_max(cf.attribute, x, target=target, n_perturb_samples=2).tolist(),
+)
 
 # %%
 # Zennit
@@ -93,17 +125,25 @@ one_hot = torch.eye(2)[target]
 composite = EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
 with CounterfactualAttributor(model, explainer, composite, mode="lrp") as attributor:
     outputs, relevance = attributor(x, one_hot)
-moved = relevance[:, 1].sum(1) - relevance[:, 0].sum(1)  # per pixel: evidence gained (+) or lost (-)
-print("target-class logit, factual -> counterfactual:",
-      [f"{float(o[0, t]):.2f} -> {float(o[1, t]):.2f}" for o, t in zip(outputs, target)])
+moved = relevance[:, 1].sum(1) - relevance[:, 0].sum(
+    1
+)  # per pixel: evidence gained (+) or lost (-)
+print(
+    "target-class logit, factual -> counterfactual:",
+    [f"{float(o[0, t]):.2f} -> {float(o[1, t]):.2f}" for o, t in zip(outputs, target)],
+)
 
 # The counterfactuals are those of the Captum section: DiDAE is deterministic.
 fig, axes = plt.subplots(3, len(x), figsize=(1.6 * len(x), 5), squeeze=False)
 limit = float(moved.abs().max())
 for i in range(len(x)):
     axes[0, i].imshow(x[i].permute(1, 2, 0).numpy(), interpolation="nearest")
-    axes[1, i].imshow((x[i] + attr[i]).clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
-    axes[2, i].imshow(moved[i].numpy(), cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest")
+    axes[1, i].imshow(
+        (x[i] + attr[i]).clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest"
+    )
+    axes[2, i].imshow(
+        moved[i].numpy(), cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest"
+    )
     for ax in axes[:, i]:
         ax.set_xticks([])
         ax.set_yticks([])

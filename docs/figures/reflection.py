@@ -6,9 +6,17 @@ The points are computed with the library's own pure functions (didae_xai.explain
 import matplotlib.pyplot as plt
 import torch
 
-from didae_xai.explain import boundary_inversion, component_reflection, householder_reflection, margin
+from didae_xai.explain import (
+    boundary_inversion,
+    component_reflection,
+    householder_reflection,
+    margin,
+)
 
-w, b = torch.tensor([1.0, 1.6]), torch.tensor(-1.0)  # the distilled probe: margin m(z) = w . z + b
+w, b = (
+    torch.tensor([1.0, 1.6]),
+    torch.tensor(-1.0),
+)  # the distilled probe: margin m(z) = w . z + b
 atoms = {"u_task": torch.tensor([1.0, 0.0]), "u_shortcut": torch.tensor([0.0, 1.0])}
 colors = {"u_task": "tab:red", "u_shortcut": "tab:blue"}
 z = torch.tensor([[1.2, 0.6]])
@@ -32,28 +40,62 @@ ax.scatter(*z[0], color="black", zorder=3)
 ax.annotate("z", z[0] + torch.tensor([0.08, 0.08]), fontsize=10)
 for name, u in atoms.items():
     z_cf, _ = boundary_inversion(z, w, u, b, lam=2.0)
-    ax.annotate("", xy=tuple(z_cf[0]), xytext=tuple(z[0]), arrowprops=dict(arrowstyle="-|>", color=colors[name], lw=2))
+    ax.annotate(
+        "",
+        xy=tuple(z_cf[0]),
+        xytext=tuple(z[0]),
+        arrowprops=dict(arrowstyle="-|>", color=colors[name], lw=2),
+    )
     ax.scatter(*z_cf[0], color=colors[name], zorder=3)
-    ax.annotate(f"z' along {name}", z_cf[0] + torch.tensor([0.08, -0.25]), color=colors[name], fontsize=8)
+    ax.annotate(
+        f"z' along {name}",
+        z_cf[0] + torch.tensor([0.08, -0.25]),
+        color=colors[name],
+        fontsize=8,
+    )
 z_h = householder_reflection(z, w, b)
-ax.annotate("", xy=tuple(z_h[0]), xytext=tuple(z[0]), arrowprops=dict(arrowstyle="-|>", color="0.4", lw=1, ls=":"))
-ax.annotate("along w (entangled)", z_h[0] + torch.tensor([-1.3, -0.3]), color="0.4", fontsize=7)
+ax.annotate(
+    "",
+    xy=tuple(z_h[0]),
+    xytext=tuple(z[0]),
+    arrowprops=dict(arrowstyle="-|>", color="0.4", lw=1, ls=":"),
+)
+ax.annotate(
+    "along w (entangled)", z_h[0] + torch.tensor([-1.3, -0.3]), color="0.4", fontsize=7
+)
 ax.text(2.1, 2.6, "source class", fontsize=8, color="tab:orange")
 ax.set_title("DiDAE: boundary inversion, one counterfactual per atom", fontsize=9)
 
 ax = axes[1]
 g = torch.Generator().manual_seed(1)
 cloud = mean + torch.randn(200, 2, generator=g) * torch.tensor([0.9, 0.6])
-ax.scatter(cloud[:, 0], cloud[:, 1], s=5, color="0.75", edgecolors="none", label="embeddings of the data")
+ax.scatter(
+    cloud[:, 0],
+    cloud[:, 1],
+    s=5,
+    color="0.75",
+    edgecolors="none",
+    label="embeddings of the data",
+)
 ax.scatter(*mean, marker="x", color="black", zorder=3)
 ax.annotate("mean", mean + torch.tensor([0.08, -0.25]), fontsize=8)
 ax.scatter(*z[0], color="black", zorder=3)
 ax.annotate("z", z[0] + torch.tensor([0.08, 0.08]), fontsize=10)
 for name, u in atoms.items():
     z_r = component_reflection(z, mean, u)
-    ax.annotate("", xy=tuple(z_r[0]), xytext=tuple(z[0]), arrowprops=dict(arrowstyle="-|>", color=colors[name], lw=2))
+    ax.annotate(
+        "",
+        xy=tuple(z_r[0]),
+        xytext=tuple(z[0]),
+        arrowprops=dict(arrowstyle="-|>", color=colors[name], lw=2),
+    )
     ax.scatter(*z_r[0], color=colors[name], zorder=3)
-    ax.annotate(f"reflect {name}", z_r[0] + torch.tensor([0.08, -0.25]), color=colors[name], fontsize=8)
+    ax.annotate(
+        f"reflect {name}",
+        z_r[0] + torch.tensor([0.08, -0.25]),
+        color=colors[name],
+        fontsize=8,
+    )
 ax.set_title("Component reflection about the mean (no classifier)", fontsize=9)
 
 for ax in axes:
