@@ -77,8 +77,8 @@ student = models.students["probe"]
 autoencoder = models.autoencoder
 
 # %%
-# The student learned the shortcut: it is right on the two majority groups and wrong on the
-# minority groups (g0, g3), where the background disagrees with the square.
+# The student learned the shortcut: it is nearly always right on the two majority groups and much
+# worse on the minority groups (g0, g3), where the background disagrees with the square.
 report = group_report(
     student.predict(data.test.float_images()), data.test.y, data.test.a
 )
@@ -125,8 +125,9 @@ fig = explanation.plot(max_rows=8)
 
 # %%
 # Each row is a test image; each column moves it along one atom and shows the student's new
-# prediction. A green title marks a flip. Along ``ColorB`` only the background changes, and the
-# student changes its mind: the explanation exposes the shortcut. The flip rate per atom sums this up:
+# prediction. A green title marks a flip. The flips along ``ColorB`` change the background, not the
+# square, yet the student changes its mind: the explanation exposes the shortcut. The flip rate per
+# atom sums this up:
 print({atom: round(rate, 2) for atom, rate in explanation.flip_rate_by_atom().items()})
 # Speed of this first (cold) call; ``didae-xai compare`` measures a warm batch.
 print(f"{explanation.timings['cf_per_s']:.1f} counterfactuals per second")

@@ -94,9 +94,9 @@ for name, exp in explanations.items():
 # The counterfactuals side by side
 # --------------------------------
 # For DiDAE, the column shows the atom whose counterfactual gives the target class the highest
-# probability (what ``attribute`` returns), with its name. DiDAE's flips come from the atom the
-# student relies on, the background, and say so. The gradient methods change whatever pixels the
-# classifier's gradient points to (here often the square itself), and nothing names what changed.
+# probability (what ``attribute`` returns), with its name: each DiDAE counterfactual says which
+# attribute it changed. The gradient methods change whatever pixels the classifier's gradient points
+# to, and nothing names what changed.
 fig, axes = plt.subplots(
     len(x),
     1 + len(explanations),
