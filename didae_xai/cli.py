@@ -109,7 +109,7 @@ OPT_SEED = typer.Option(0, "--seed", help="Seeds data, training and sampling.")
 OPT_DEVICE = typer.Option("auto", "--device", help="cpu, cuda, or auto (cuda when PyTorch sees a GPU).")
 OPT_THREADS = typer.Option(None, "--threads", help="CPU threads for PyTorch (default: PyTorch's choice).")
 OPT_STORE = typer.Option(None, "--store", help="Artifact store (default: $DIDAE_XAI_HOME/artifacts or ~/.cache/didae-xai/artifacts).")
-OPT_FORCE = typer.Option(False, "--force", help="Retrain every model instead of reusing the store.")
+OPT_FORCE = typer.Option(False, "--force", help="Retrain every model and redo every step instead of reusing the store and the finished steps in --out.")
 OPT_BACKBONE = typer.Option(None, "--backbone", help="Use a frozen foundation model instead of training one: timm:<model> or open_clip:<model>, with --weights.")
 OPT_WEIGHTS = typer.Option(None, "--weights", help="Local weight file of --backbone (nothing is downloaded).")
 OPT_ALLOW_CPU = typer.Option(False, "--allow-cpu", help="Run a GPU-sized preset on the CPU anyway.")
@@ -151,8 +151,11 @@ def compare(
     force: bool = OPT_FORCE, backbone: Optional[str] = OPT_BACKBONE, weights: Optional[Path] = OPT_WEIGHTS,
     allow_cpu: bool = OPT_ALLOW_CPU, max_shift: Optional[float] = OPT_MAX_SHIFT,
 ) -> None:
-    """Head-to-head benchmark: train or reuse every model, explain with every explainer, correct with every
-    corrector, and write results.json, report.md and figures into --out."""
+    """Head-to-head benchmark: train or reuse every model, explain, correct, and write the report into --out.
+
+    Trains (or reuses from the store) every model, explains the same test factuals with every explainer,
+    corrects every student with every corrector, and writes results.json, report.md and figures/.
+    """
     options = _options(preset, dataset, data_root, explainers, correctors, students, explain_student, seed, device,
                        threads, backbone, weights, allow_cpu, max_shift)
     _run(options, out, store, force)

@@ -212,3 +212,32 @@ def test_force_rebuilds_once_per_run(tmp_path):
 def test_config_hash_ignores_key_order():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_explanation_memo_explains_each_batch_once():
+    from didae_xai.benchmark.compare import ExplanationMemo
+
+    class Counting:
+        calls = 0
+        probe = "kept"
+
+        def explain(self, x, target=None):
+            Counting.calls += 1
+            return x * 2
+
+    memo = ExplanationMemo(Counting())
+    x = torch.rand(3, 3, 4, 4)
+    assert memo.explain(x) is memo.explain(x.clone())  # same pixels: one call, the same explanation
+    assert torch.equal(memo.explain(x + 1), (x + 1) * 2) and Counting.calls == 2
+    assert memo.probe == "kept"  # everything else is the explainer's
+
+
+def test_step_cache_resumes_unless_forced(tmp_path):
+    from didae_xai.benchmark.compare import StepCache
+
+    runs = []
+    compute = lambda: runs.append(1) or {"value": len(runs)}  # noqa: E731
+    assert StepCache(tmp_path).run("s", {"a": 1}, compute, print) == {"value": 1}
+    assert StepCache(tmp_path).run("s", {"a": 1}, compute, print) == {"value": 1}  # resumed
+    assert StepCache(tmp_path).run("s", {"a": 2}, compute, print) == {"value": 2}  # another config
+    assert StepCache(tmp_path, force=True).run("s", {"a": 2}, compute, print) == {"value": 3}

@@ -12,6 +12,7 @@ run loses at most the step it was in.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import sys
@@ -157,13 +158,13 @@ def versions() -> dict:
 class StepCache:
     """Finished steps of a run, one JSON file each under ``<out>/steps/`` (what resume reads)."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, force: bool = False):
+        self.folder, self.force = folder, force
 
     def run(self, name: str, key: dict, compute: Callable[[], dict], log: Log) -> dict:
         path = self.folder / f"{name}.json"
         digest = config_hash(key)
-        if path.is_file():
+        if path.is_file() and not self.force:
             saved = load_json(path)
             if saved.get("key") == digest:
                 log(f"[green]resumed[/green] {name} (finished in an earlier run)")
@@ -242,6 +243,25 @@ def confounder_reveal(exp, factuals, atom: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------- correct
+class ExplanationMemo:
+    """Explain each distinct batch once: both CFKD teachers judge the same counterfactuals of the same
+    training factuals, so the second corrector reuses the first one's explanations."""
+
+    def __init__(self, explainer):
+        self.explainer = explainer
+        self._memo: dict = {}
+
+    def explain(self, inputs: torch.Tensor, target=None):
+        digest = hashlib.sha1(inputs.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        key = (digest, tuple(inputs.shape), None if target is None else str(torch.as_tensor(target).tolist()))
+        if key not in self._memo:
+            self._memo[key] = self.explainer.explain(inputs, target)
+        return self._memo[key]
+
+    def __getattr__(self, name: str):
+        return getattr(self.explainer, name)
+
+
 def make_corrector(name: str, student_name: str, student, explainer, dictionary, models: ComparisonModels,
                    plan: AtomPlan, preset: ComparePreset, seed: int):
     """A corrector of the comparison by name, sized by the preset (end-to-end students fine-tune
@@ -310,7 +330,7 @@ def run_compare(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = store or ArtifactStore()
-    steps = StepCache(out / "steps")
+    steps = StepCache(out / "steps", force=store.force)
     start = time.perf_counter()
 
     log(f"[bold]didae-xai compare[/bold]: preset {p.name} ({p.description}); dataset {options.dataset}; "
@@ -395,6 +415,7 @@ def run_compare(
                                        probe=probes.get(student_name), max_shift=options.max_shift)
             if explainer.probe is None:
                 explainer.fit(train_images)
+            explainer = ExplanationMemo(explainer)
         for name in options.correctors:
             key = {"step": "correct", "name": name, "student": student_name, "preset": p.to_dict(), "models": model_keys,
                    "seed": options.seed, "max_shift": options.max_shift}
