@@ -113,7 +113,7 @@ OPT_FORCE = typer.Option(False, "--force", help="Retrain every model and redo ev
 OPT_BACKBONE = typer.Option(None, "--backbone", help="Use a frozen foundation model instead of training one: timm:<model> or open_clip:<model>, with --weights.")
 OPT_WEIGHTS = typer.Option(None, "--weights", help="Local weight file of --backbone (nothing is downloaded).")
 OPT_ALLOW_CPU = typer.Option(False, "--allow-cpu", help="Run a GPU-sized preset on the CPU anyway.")
-OPT_MAX_SHIFT = typer.Option(None, "--max-shift", help="DiDAE: bound each move to this many standard deviations of the data along the atom (default: unbounded, as in the paper).")
+OPT_MAX_SHIFT = typer.Option(None, "--max-shift", help="DiDAE: bound each move to this many standard deviations of the data along the atom; 0 = unbounded, the paper's reflection (default: the preset's: 3 for smoke and quick, unbounded for paper).")
 
 
 def _print_tables(results: dict) -> None:
@@ -244,7 +244,7 @@ def explain(
     size = options.preset.image_size
     x = load_images(list(images), size, center_crop=False).float() / 255.0
     explainer = make_explainer(f"didae_{dictionary}", classifier, models, fit_dictionaries(models.autoencoder, data, atom_plan(data)),
-                               options.preset, seed).fit(data.train.float_images())
+                               options.preset, seed, max_shift=options.shift).fit(data.train.float_images())
     explanation = explainer.explain(x)
     out.mkdir(parents=True, exist_ok=True)
     explanation.plot(max_rows=len(x), path=out / "grid.png")

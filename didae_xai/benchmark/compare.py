@@ -83,6 +83,12 @@ class CompareOptions:
         return self
 
     @property
+    def shift(self) -> float | None:
+        """DiDAE's bound: ``--max-shift`` if given (0: unbounded), else the preset's."""
+        value = self.preset.max_shift if self.max_shift is None else self.max_shift
+        return None if not value else float(value)
+
+    @property
     def primary_student(self) -> str:
         """Whose explanations fill ``explainers.<name>``: ``explain_student``, else the ResNet if run."""
         return self.explain_student or ("resnet" if "resnet" in self.students else self.students[0])
@@ -95,7 +101,7 @@ class CompareOptions:
         return {"preset": self.preset.to_dict(), "dataset": self.dataset, "data_root": self.data_root,
                 "explainers": list(self.explainers), "correctors": list(self.correctors), "students": list(self.students),
                 "explain_student": self.primary_student, "seed": self.seed, "device": self.device,
-                "backbone": self.backbone, "weights": self.weights, "max_shift": self.max_shift}
+                "backbone": self.backbone, "weights": self.weights, "max_shift": self.shift}
 
 
 def load_benchmark(options: CompareOptions) -> BenchmarkData:
@@ -383,12 +389,12 @@ def run_compare(
                 continue  # the slow baselines explain the primary student only
             figure = out / "figures" / f"counterfactuals_{name}.png" if student_name == options.primary_student else None
             key = {"step": "explain", "name": name, "student": student_name, "preset": p.to_dict(), "models": model_keys,
-                   "seed": options.seed, "max_shift": options.max_shift}
+                   "seed": options.seed, "max_shift": options.shift}
 
             def compute(name=name, student_name=student_name, student=student, figure=figure, surrogate=surrogate) -> dict:
                 log(f"explaining the {student_name} student with {name}")
                 row, explainer = explain_step(name, student_name, student, models, dictionaries, factuals, train_images, plan, p,
-                                              surrogate, probes.get(student_name), options.seed, figure, options.max_shift)
+                                              surrogate, probes.get(student_name), options.seed, figure, options.shift)
                 if name.startswith("didae_"):
                     probes.setdefault(student_name, explainer.probe)
                 return row
@@ -412,13 +418,13 @@ def run_compare(
         explainer = None
         if any(c.startswith("didae_cfkd") for c in options.correctors):
             explainer = make_explainer("didae_procrustes", student, models, dictionaries, p, options.seed,
-                                       probe=probes.get(student_name), max_shift=options.max_shift)
+                                       probe=probes.get(student_name), max_shift=options.shift)
             if explainer.probe is None:
                 explainer.fit(train_images)
             explainer = ExplanationMemo(explainer)
         for name in options.correctors:
             key = {"step": "correct", "name": name, "student": student_name, "preset": p.to_dict(), "models": model_keys,
-                   "seed": options.seed, "max_shift": options.max_shift}
+                   "seed": options.seed, "max_shift": options.shift}
 
             def compute(name=name, student_name=student_name, student=student, explainer=explainer, baseline=baseline) -> dict:
                 log(f"correcting the {student_name} student with {name}")

@@ -33,6 +33,10 @@ class ComparePreset:
         correct_epochs: fine-tuning epochs of correctors that retrain an end-to-end student.
         tau, respacing: DiME/FastDiME noise level and respaced steps.
         ace_iterations, ace_steps, ace_respacing: ACE's PGD iterations and its diffusion steps.
+        max_shift: DiDAE moves at most this many standard deviations of the data along an atom
+            (``None``: the paper's unbounded reflection). With a CPU-sized autoencoder, an unbounded
+            move along an atom the classifier barely reads decodes to noise that still "flips" it;
+            the bound keeps counterfactuals on the data (a boundary out of reach is reported as no flip).
         needs_gpu: refuse to run on CPU unless asked (``--allow-cpu``).
     """
 
@@ -59,6 +63,7 @@ class ComparePreset:
     ace_iterations: int = 200
     ace_steps: int = 5
     ace_respacing: int = 50
+    max_shift: float | None = 3.0
     needs_gpu: bool = False
 
     def to_dict(self) -> dict:
@@ -129,6 +134,7 @@ PRESETS: dict[str, ComparePreset] = {
         factuals_dime=200,
         cfkd_factuals=1000,
         correct_epochs=20,
+        max_shift=None,
         needs_gpu=True,
     ),
 }

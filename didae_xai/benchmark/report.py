@@ -193,7 +193,10 @@ def render_markdown(results: dict, figures: list[str]) -> str:
                 + ("The slow gradient baselines explain fewer factuals (a balanced prefix of DiDAE's): "
                    + ", ".join(f"{LABELS[n]} {k}" for n, k in slow.items()) + ". " if slow else "")
                 + "cf/s is measured on a warm batch. NAFR counts counterfactuals that flip both the student and an "
-                "adversarially distilled surrogate.")
+                "adversarially distilled surrogate. "
+                + (f"DiDAE's moves are bounded to {cfg['max_shift']:g} standard deviations of the data along each atom "
+                   "(a boundary out of reach counts as no flip; `--max-shift 0` gives the paper's unbounded reflection)."
+                   if cfg.get("max_shift") else "DiDAE reflects without a bound, as in the paper."))
             reveal = results["explainers"].get("didae_procrustes", {}).get("confounder_reveal")
             if reveal is not None:
                 lines.append(f"Clever Hans reveal (Procrustes-DiDAE, {atoms.get('confounder')} atom): {_pct(reveal)} % of "
@@ -214,8 +217,7 @@ def command_line(results: dict) -> str:
     parts = ["didae-xai compare", f"--preset {cfg['preset']['name']}", f"--dataset {cfg['dataset']}", f"--seed {cfg['seed']}"]
     if cfg.get("data_root"):
         parts.append(f"--data-root {cfg['data_root']}")
-    if cfg.get("max_shift") is not None:
-        parts.append(f"--max-shift {cfg['max_shift']:g}")
+    parts.append(f"--max-shift {cfg['max_shift']:g}" if cfg.get("max_shift") else "--max-shift 0")
     if cfg.get("backbone"):
         parts.append(f"--backbone {cfg['backbone']} --weights {cfg['weights']}")
     return " ".join(parts)
