@@ -96,7 +96,7 @@ def _options(preset: str, dataset: str, data_root: Optional[Path], explainers: s
         raise typer.Exit(code=2) from None
 
 
-PRESET_HELP = "Run size: smoke (a minute or two, checks the pipeline), quick (Square 32x32 in <20 min on 2 CPU cores), paper (reference sizes, GPU)."
+PRESET_HELP = "Run size: smoke (a minute or two, checks the pipeline), tiny (small models that already show the shortcut), quick (Square 32x32 in <20 min on 2 CPU cores), paper (reference sizes, GPU)."
 OPT_PRESET = typer.Option("quick", "--preset", "-p", help=PRESET_HELP)
 OPT_DATASET = typer.Option("square", "--dataset", "-d", help="square (generated), celeba or metadata_csv (need --data-root).")
 OPT_DATA_ROOT = typer.Option(None, "--data-root", help="Local dataset folder: CelebA's root (holding celeba/) or a folder with metadata.csv.")
@@ -185,18 +185,14 @@ def train(
     """Train (or find in the store) the foundation model, students, teacher and autoencoder of a preset."""
     import torch
 
-    from didae_xai.benchmark.compare import load_benchmark
-    from didae_xai.benchmark.models import prepare_models
+    from didae_xai.benchmark.compare import prepare_comparison
     from didae_xai.benchmark.store import ArtifactStore
 
     options = _options(preset, dataset, data_root, "", "", students, None, seed, device, threads, backbone, weights, allow_cpu)
     if options.threads:
         torch.set_num_threads(options.threads)
     artifacts = ArtifactStore(store, force=force)
-    data = load_benchmark(options)
-    models = prepare_models(data, options.data_key(), options.preset, artifacts, options.students, need_teacher=True,
-                            seed=seed, backbone=backbone, weights=options.weights, device=options.device,
-                            threads=torch.get_num_threads(), log=console.print)
+    models = prepare_comparison(options, artifacts, need_teacher=True, log=console.print).models
     table = Table(title=f"Models of preset {preset} in {artifacts.root}")
     for column in ("model", "key", "from", "minutes"):
         table.add_column(column)
@@ -220,8 +216,7 @@ def explain(
     """Explain image files with DiDAE using the preset's stored models (trained first if missing); writes grid.png."""
     import torch
 
-    from didae_xai.benchmark.compare import atom_plan, fit_dictionaries, load_benchmark, make_explainer
-    from didae_xai.benchmark.models import prepare_models
+    from didae_xai.benchmark.compare import make_explainer, prepare_comparison
     from didae_xai.benchmark.store import ArtifactStore
     from didae_xai.data.metadata_csv import load_images
     from didae_xai.models import load_classifier
@@ -236,15 +231,11 @@ def explain(
                        threads, backbone, weights, allow_cpu)
     if options.threads:
         torch.set_num_threads(options.threads)
-    data = load_benchmark(options)
-    models = prepare_models(data, options.data_key(), options.preset, ArtifactStore(store), options.students,
-                            need_teacher=False, seed=seed, backbone=backbone, weights=options.weights,
-                            device=options.device, threads=torch.get_num_threads(), log=console.print)
-    classifier = load_classifier(model) if model is not None else models.students[student]
-    size = options.preset.image_size
-    x = load_images(list(images), size, center_crop=False).float() / 255.0
-    explainer = make_explainer(f"didae_{dictionary}", classifier, models, fit_dictionaries(models.autoencoder, data, atom_plan(data)),
-                               options.preset, seed, max_shift=options.shift).fit(data.train.float_images())
+    run = prepare_comparison(options, ArtifactStore(store), need_teacher=False, log=console.print)
+    classifier = load_classifier(model) if model is not None else run.models.students[student]
+    x = load_images(list(images), options.preset.image_size, center_crop=False).float() / 255.0
+    explainer = make_explainer(f"didae_{dictionary}", classifier, run.models, run.dictionaries, options.preset, seed,
+                               max_shift=options.shift).fit(run.data.train.float_images())
     explanation = explainer.explain(x)
     out.mkdir(parents=True, exist_ok=True)
     explanation.plot(max_rows=len(x), path=out / "grid.png")

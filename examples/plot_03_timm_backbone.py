@@ -29,11 +29,9 @@ from didae_xai.benchmark.compare import (
     CompareOptions,
     atom_plan,
     fit_dictionaries,
-    load_benchmark,
+    prepare_comparison,
 )
-from didae_xai.benchmark.models import prepare_models
 from didae_xai.benchmark.presets import PRESETS
-from didae_xai.benchmark.store import ArtifactStore
 from didae_xai.data import balanced_indices, round_robin_order
 from didae_xai.explain import DiDAE
 from didae_xai.metrics import group_report
@@ -41,20 +39,10 @@ from didae_xai.models.training import PROBE_STUDENT, train_probe
 
 # The gallery's shared tiny models, trained by the first example and
 # loaded from the artifact store here.
-preset = PRESETS["smoke"].replace(
-    n_generator=8000, fm_epochs=5, probe_epochs=10, autoencoder_steps=600, ddim_steps=10
+run = prepare_comparison(
+    CompareOptions(preset=PRESETS["tiny"], students=("probe",)), log=None
 )
-options = CompareOptions(preset=preset, students=("probe",))
-data = load_benchmark(options)
-models = prepare_models(
-    data,
-    options.data_key(),
-    preset,
-    ArtifactStore(),
-    options.students,
-    need_teacher=False,
-    log=lambda message: None,
-)
+data, models = run.data, run.models
 
 weights = Path(tempfile.mkdtemp()) / "resnet18_square.safetensors"
 save_file(
@@ -109,7 +97,7 @@ print(
 # :func:`~didae_xai.autoencoder.train_autoencoder`, and load it with
 # :meth:`DiffusionAutoencoder.from_pretrained <didae_xai.autoencoder.DiffusionAutoencoder.from_pretrained>`.
 autoencoder = DiffusionAutoencoder(
-    backbone, models.autoencoder.unet, steps=preset.ddim_steps
+    backbone, models.autoencoder.unet, steps=PRESETS["tiny"].ddim_steps
 )
 dictionary = fit_dictionaries(autoencoder, data, atom_plan(data))["procrustes"]
 

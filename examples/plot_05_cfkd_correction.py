@@ -17,13 +17,9 @@ import numpy as np
 
 from didae_xai.benchmark.compare import (
     CompareOptions,
-    atom_plan,
-    fit_dictionaries,
-    load_benchmark,
+    prepare_comparison,
 )
-from didae_xai.benchmark.models import prepare_models
 from didae_xai.benchmark.presets import PRESETS
-from didae_xai.benchmark.store import ArtifactStore
 from didae_xai.correct import (
     CFKD,
     CorrectionData,
@@ -36,21 +32,11 @@ from didae_xai.explain import DiDAE
 
 # The gallery's shared tiny models, trained by the first example and
 # loaded from the artifact store here.
-preset = PRESETS["smoke"].replace(
-    n_generator=8000, fm_epochs=5, probe_epochs=10, autoencoder_steps=600, ddim_steps=10
+run = prepare_comparison(
+    CompareOptions(preset=PRESETS["tiny"], students=("probe",)), log=None
 )
-options = CompareOptions(preset=preset, students=("probe",))
-data = load_benchmark(options)
-models = prepare_models(
-    data,
-    options.data_key(),
-    preset,
-    ArtifactStore(),
-    options.students,
-    need_teacher=False,
-    log=lambda message: None,
-)
-dictionary = fit_dictionaries(models.autoencoder, data, atom_plan(data))["procrustes"]
+data, models = run.data, run.models
+dictionary = run.dictionaries["procrustes"]
 student = models.students["probe"]
 explainer = DiDAE(student, models.autoencoder, dictionary, max_shift=3.0).fit(
     data.train.float_images()

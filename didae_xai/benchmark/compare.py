@@ -148,6 +148,37 @@ def fit_dictionaries(ae, data: BenchmarkData, plan: AtomPlan) -> dict:
             "svd": SVDDictionary(n_components=len(plan.attributes)).fit(z)}
 
 
+@dataclass
+class Comparison:
+    """What explaining and correcting need: the data, the atom plan, every model, both dictionaries."""
+
+    options: CompareOptions
+    data: BenchmarkData
+    plan: AtomPlan
+    models: ComparisonModels
+    dictionaries: dict
+
+
+def prepare_comparison(options: CompareOptions, store: ArtifactStore | None = None, need_teacher: bool | None = None,
+                       log: Log | None = print) -> Comparison:
+    """Load the benchmark of ``options``, train or reuse every model, and fit both dictionaries.
+
+    Example (the tiny models the documentation examples share):
+        >>> run = prepare_comparison(CompareOptions(preset=PRESETS["tiny"], students=("probe",)), log=None)
+        >>> run.models.students["probe"], run.dictionaries["procrustes"]
+    """
+    options.check()
+    data = load_benchmark(options)
+    plan = atom_plan(data)
+    models = prepare_models(
+        data, options.data_key(), options.preset, store or ArtifactStore(), options.students,
+        need_teacher="didae_cfkd_oracle" in options.correctors if need_teacher is None else need_teacher,
+        seed=options.seed, backbone=options.backbone, weights=options.weights, threads=torch.get_num_threads(),
+        device=options.device, log=log or (lambda message: None),
+    )
+    return Comparison(options, data, plan, models, fit_dictionaries(models.autoencoder, data, plan))
+
+
 def versions() -> dict:
     import diffusers
     import open_clip
@@ -341,16 +372,10 @@ def run_compare(
 
     log(f"[bold]didae-xai compare[/bold]: preset {p.name} ({p.description}); dataset {options.dataset}; "
         f"{threads} threads on {options.device}; artifacts in {store.root}")
-    data = load_benchmark(options)
-    plan = atom_plan(data)
-    models = prepare_models(data, options.data_key(), p, store, options.students,
-                            need_teacher="didae_cfkd_oracle" in options.correctors, seed=options.seed,
-                            backbone=options.backbone, weights=options.weights, threads=threads, device=options.device,
-                            log=log)
+    run = prepare_comparison(options, store, log=log)
+    data, plan, models, dictionaries = run.data, run.plan, run.models, run.dictionaries
     train_images = data.train.float_images()
     train_minutes = (time.perf_counter() - start) / 60
-
-    dictionaries = fit_dictionaries(models.autoencoder, data, plan)
     results: dict = {
         "config": options.to_dict(),
         "versions": versions(),
