@@ -273,7 +273,6 @@ def explain_step(name: str, student_name: str, student, models: ComparisonModels
 def confounder_reveal(exp, factuals, atom: int) -> float:
     """Square: share of factuals flipped by the confounder atom while the decoded foreground (the true
     class evidence, read inside the ground-truth mask) stays on the factual's side of the class boundary."""
-    n, k = exp.flipped.shape
     latent = square_oracle_latent(exp.counterfactuals[:, atom], factuals.masks)
     kept = (latent[:, 0] >= 0.5) == factuals.y.bool()
     return (exp.flipped[:, atom] & kept).float().mean().item()
