@@ -67,9 +67,21 @@ def _names(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
     return names
 
 
+def _scales(value: str) -> tuple[float, ...]:
+    """Parse ``--guidance-scales`` ("8,10,15"): positive numbers, tried in the given order."""
+    try:
+        scales = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        scales = ()
+    if not scales or any(s <= 0 for s in scales):
+        raise typer.BadParameter(f"--guidance-scales needs comma-separated positive numbers such as 8,10,15; got {value!r}.")
+    return scales
+
+
 def _options(preset: str, dataset: str, data_root: Optional[Path], explainers: str, correctors: str, students: str,
              explain_student: Optional[str], seed: int, device: str, threads: Optional[int], backbone: Optional[str],
-             weights: Optional[Path], allow_cpu: bool, max_shift: Optional[float] = None):
+             weights: Optional[Path], allow_cpu: bool, max_shift: Optional[float] = None,
+             guidance_scales: Optional[str] = None):
     import torch
 
     from didae_xai.benchmark.compare import CORRECTORS, EXPLAINERS, STUDENTS, CompareOptions
@@ -78,6 +90,8 @@ def _options(preset: str, dataset: str, data_root: Optional[Path], explainers: s
     if preset not in PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
     chosen = PRESETS[preset]
+    if guidance_scales:
+        chosen = chosen.replace(guidance_scales=_scales(guidance_scales))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if chosen.needs_gpu and device == "cpu" and not allow_cpu:
@@ -113,6 +127,7 @@ OPT_FORCE = typer.Option(False, "--force", help="Retrain every model and redo ev
 OPT_BACKBONE = typer.Option(None, "--backbone", help="Use a frozen foundation model instead of training one: timm:<model> or open_clip:<model>, with --weights.")
 OPT_WEIGHTS = typer.Option(None, "--weights", help="Local weight file of --backbone (nothing is downloaded).")
 OPT_ALLOW_CPU = typer.Option(False, "--allow-cpu", help="Run a GPU-sized preset on the CPU anyway.")
+OPT_SCALES = typer.Option(None, "--guidance-scales", help="DiME/FastDiME: classifier scales tried in turn until the prediction flips, e.g. 8,10,15 (the published ones); default: the preset's (quick continues them to 20,30,50, the others use the published).")
 OPT_MAX_SHIFT = typer.Option(None, "--max-shift", help="DiDAE: bound each move to this many standard deviations of the data along the atom; 0 = unbounded, the paper's reflection (default: the preset's: 3 for smoke and quick, unbounded for paper).")
 
 
@@ -150,6 +165,7 @@ def compare(
     device: str = OPT_DEVICE, threads: Optional[int] = OPT_THREADS, store: Optional[Path] = OPT_STORE,
     force: bool = OPT_FORCE, backbone: Optional[str] = OPT_BACKBONE, weights: Optional[Path] = OPT_WEIGHTS,
     allow_cpu: bool = OPT_ALLOW_CPU, max_shift: Optional[float] = OPT_MAX_SHIFT,
+    guidance_scales: Optional[str] = OPT_SCALES,
 ) -> None:
     """Head-to-head benchmark: train or reuse every model, explain, correct, and write the report into --out.
 
@@ -157,7 +173,7 @@ def compare(
     corrects every student with every corrector, and writes results.json, report.md and figures/.
     """
     options = _options(preset, dataset, data_root, explainers, correctors, students, explain_student, seed, device,
-                       threads, backbone, weights, allow_cpu, max_shift)
+                       threads, backbone, weights, allow_cpu, max_shift, guidance_scales)
     _run(options, out, store, force)
 
 

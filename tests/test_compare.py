@@ -63,6 +63,27 @@ def test_smoke_run_writes_every_figure_of_the_contract(smoke):
     names = {p.name for p in (out / "figures").iterdir()}
     assert {"cf_per_s.png", "group_accuracies_probe.png", "group_accuracies_resnet.png"} <= names
     assert {f"counterfactuals_{n}.png" for n in EXPLAINERS} <= names
+    # DiME/FastDiME: the published scales in smoke, the cumulative flip rate after each in the row and the report.
+    for name in ("dime", "fastdime"):
+        row = results["explainers"][name]
+        assert row["settings"]["scales"] == [8.0, 10.0, 15.0]
+        by_scale = list(row["flip_rate_by_scale"].values())
+        assert list(row["flip_rate_by_scale"]) == ["8", "10", "15"] and by_scale == sorted(by_scale)
+        assert by_scale[-1] == pytest.approx(row["flip_rate"])
+    assert "flip rate reached by each scale: DiME 8 →" in report
+
+
+def test_guidance_scales_option_reaches_the_baselines_and_the_report(smoke, tmp_path):
+    store, _, _ = smoke
+    out = tmp_path / "scales"
+    result = invoke("compare", "--preset", "smoke", "--out", str(out), "--store", str(store), "--students", "resnet",
+                    "--explainers", "fastdime", "--correctors", "erm", "--guidance-scales", "8,10,15,20")
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["preset"]["guidance_scales"] == [8.0, 10.0, 15.0, 20.0]
+    assert results["explainers"]["fastdime"]["settings"]["scales"] == [8.0, 10.0, 15.0, 20.0]
+    assert list(results["explainers"]["fastdime"]["flip_rate_by_scale"]) == ["8", "10", "15", "20"]
+    assert "--guidance-scales 8,10,15,20" in (out / "report.md").read_text()  # the reproduce line keeps them
 
 
 def test_second_run_reuses_the_store(smoke, tmp_path):
@@ -156,6 +177,8 @@ def test_explain_command_writes_a_grid(smoke, tmp_path):
         (("--dataset", "celeba"), "--data-root"),
         (("--dataset", "metadata_csv", "--data-root", "/no/such/folder"), "does not exist"),
         (("--students", "probe", "--explain-student", "resnet"), "not among the students"),
+        (("--guidance-scales", "8,ten"), "comma-separated positive numbers"),
+        (("--guidance-scales", "8,-1"), "comma-separated positive numbers"),
     ],
 )
 def test_clear_errors(args, message, tmp_path):
@@ -168,7 +191,7 @@ def test_help_explains_every_option():
     result = invoke("compare", "--help")
     text = " ".join(result.output.split())
     for option in ("--preset", "--dataset", "--data-root", "--explainers", "--correctors", "--students", "--out",
-                   "--seed", "--device", "--force", "--store"):
+                   "--seed", "--device", "--force", "--store", "--guidance-scales", "--max-shift"):
         assert option in text
 
 

@@ -123,6 +123,14 @@ def test_classifier_scales_are_tried_in_turn_on_the_unflipped(still_ae):
     assert torch.all(scale[first] == 4.0) and torch.all(scale[~first] > 4.0)
     torch.testing.assert_close(e3.counterfactuals[first], e1.counterfactuals[first])
     assert e3.flipped.sum() > e1.flipped.sum()
+    # The cumulative flip rate by scale: the first scale's is the one-scale run's, the last the flip rate.
+    by_scale = three.flip_rate_by_scale()
+    assert list(by_scale) == ["4", "40", "400"]
+    assert by_scale["4"] == pytest.approx(first.float().mean().item())
+    assert by_scale["400"] == pytest.approx(e3.flipped.float().mean().item())
+    assert by_scale["4"] <= by_scale["40"] <= by_scale["400"]
+    with pytest.raises(RuntimeError, match="explain"):
+        FastDiME(model, still_ae, tau=8).flip_rate_by_scale()
 
 
 # ---------------------------------------------------------------------------------------------- interface

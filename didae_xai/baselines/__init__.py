@@ -10,17 +10,17 @@
 They drive the *same* UNet as DiDAE, with the same classifier, on diffusers' DDPM scheduler
 respaced as the references. By default the UNet runs unconditionally (its learned null embedding),
 as the published methods use unconditional DDPMs; ``condition="factual"`` conditions every call on
-the factual's own embedding z. Unconditional was measured better: FastDiME on 8 balanced Square
-32x32 test factuals flipped the poisoned ResNet-18 student on 5/8 unconditionally vs 4/8 conditioned
-on z, the poisoned FM probe on 8/8 vs 7/8 (z carries the factual's class, which the conditioned
-denoiser restores against the guidance). Each has DiDAE's interface
+the factual's own embedding z. Unconditional was measured better: FastDiME (published scales) on 64
+balanced Square 32x32 test factuals flipped the poisoned ResNet-18 student on 44 % unconditionally vs
+39 % conditioned on z; on 8 factuals the poisoned FM probe on 8/8 vs 7/8 (z carries the factual's
+class, which the conditioned denoiser restores against the guidance). Each has DiDAE's interface
 (``explain(x, target) -> CounterfactualExplanation`` with one counterfactual per factual, ``attribute``)
 so it plugs into CFKD, the teachers and the metrics unchanged. Shared machinery:
 :mod:`didae_xai.baselines.guided`.
 """
 
 from didae_xai.baselines.ace import ACE
-from didae_xai.baselines.dime import DiME, GuidedDiffusionCounterfactual
+from didae_xai.baselines.dime import EXTENDED_SCALES, PUBLISHED_SCALES, DiME, GuidedDiffusionCounterfactual
 from didae_xai.baselines.fastdime import FastDiME
 from didae_xai.baselines.guided import (
     BaselineOutput,
@@ -35,6 +35,8 @@ from didae_xai.baselines.guided import (
 __all__ = [
     "ACE",
     "BaselineOutput",
+    "EXTENDED_SCALES",
+    "PUBLISHED_SCALES",
     "DiME",
     "FastDiME",
     "GradientCounterfactualExplainer",

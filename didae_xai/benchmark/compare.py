@@ -226,7 +226,8 @@ def make_explainer(name: str, student, models: ComparisonModels, dictionaries: d
         return ACE(student, models.autoencoder, iterations=preset.ace_iterations, steps=preset.ace_steps,
                    respacing=preset.ace_respacing, **common)
     cls = DiME if name == "dime" else FastDiME
-    return cls(student, models.autoencoder, tau=preset.tau, respacing=preset.respacing, **common)
+    return cls(student, models.autoencoder, tau=preset.tau, respacing=preset.respacing, scales=preset.guidance_scales,
+               **common)
 
 
 def warm_up(name: str, explainer, x: torch.Tensor, preset: ComparePreset, models: ComparisonModels, student, seed: int) -> None:
@@ -260,8 +261,11 @@ def explain_step(name: str, student_name: str, student, models: ComparisonModels
         if name == "didae_procrustes" and factuals.masks is not None and plan.confounder == "ColorB":
             row["confounder_reveal"] = confounder_reveal(exp, factuals.subset(torch.arange(n)), exp.atom_names.index("ColorB"))
     else:
-        row["settings"] = ({"tau": preset.tau, "respacing": preset.respacing} if name != "ace" else
-                           {"iterations": preset.ace_iterations, "steps": preset.ace_steps, "respacing": preset.ace_respacing})
+        if name == "ace":
+            row["settings"] = {"iterations": preset.ace_iterations, "steps": preset.ace_steps, "respacing": preset.ace_respacing}
+        else:
+            row["settings"] = {"tau": preset.tau, "respacing": preset.respacing, "scales": list(explainer.scales)}
+            row["flip_rate_by_scale"] = explainer.flip_rate_by_scale()
     if figure is not None:
         import matplotlib.pyplot as plt
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from didae_xai.benchmark.presets import PRESETS
 from didae_xai.io import save_json
 
 #: SPEC §9: the paper's seed table (NAFR %, Gain %, counterfactuals per second on a GPU).
@@ -197,6 +198,9 @@ def render_markdown(results: dict, figures: list[str]) -> str:
                 + (f"DiDAE's moves are bounded to {cfg['max_shift']:g} standard deviations of the data along each atom "
                    "(a boundary out of reach counts as no flip; `--max-shift 0` gives the paper's unbounded reflection)."
                    if cfg.get("max_shift") else "DiDAE reflects without a bound, as in the paper."))
+            scales_note = guidance_scales_note(results)
+            if scales_note:
+                lines.append(scales_note)
             reveal = results["explainers"].get("didae_procrustes", {}).get("confounder_reveal")
             if reveal is not None:
                 lines.append(f"Clever Hans reveal (Procrustes-DiDAE, {atoms.get('confounder')} atom): {_pct(reveal)} % of "
@@ -212,12 +216,30 @@ def render_markdown(results: dict, figures: list[str]) -> str:
     return "\n".join(lines)
 
 
+def guidance_scales_note(results: dict) -> str | None:
+    """DiME/FastDiME: the classifier scales tried and the cumulative flip rate after each, so that the
+    figure with the published scales (up to 15) stands beside the run's."""
+    parts = []
+    for name, row in results["explainers"].items():
+        by_scale = row.get("flip_rate_by_scale")
+        if by_scale:
+            parts.append(f"{LABELS.get(name, name)} " + ", ".join(f"{s} → {_pct(v)} %" for s, v in by_scale.items()))
+    if not parts:
+        return None
+    return ("Classifier scales of DiME/FastDiME are tried in turn until the prediction flips (published: 8, 10, 15); "
+            "flip rate reached by each scale: " + "; ".join(parts) + ".")
+
+
 def command_line(results: dict) -> str:
     cfg = results["config"]
     parts = ["didae-xai compare", f"--preset {cfg['preset']['name']}", f"--dataset {cfg['dataset']}", f"--seed {cfg['seed']}"]
     if cfg.get("data_root"):
         parts.append(f"--data-root {cfg['data_root']}")
     parts.append(f"--max-shift {cfg['max_shift']:g}" if cfg.get("max_shift") else "--max-shift 0")
+    scales = cfg["preset"].get("guidance_scales")
+    named = PRESETS.get(cfg["preset"]["name"])
+    if scales and named is not None and tuple(scales) != named.guidance_scales:
+        parts.append("--guidance-scales " + ",".join(f"{s:g}" for s in scales))
     if cfg.get("backbone"):
         parts.append(f"--backbone {cfg['backbone']} --weights {cfg['weights']}")
     return " ".join(parts)
