@@ -19,27 +19,15 @@ from pathlib import Path
 import torch
 
 from didae_xai.benchmark import load_artifacts
-from didae_xai.correct import (
-    CFKD,
-    DFR,
-    ERM,
-    AClarc,
-    CorrectionData,
-    GroupDRO,
-    OracleTeacher,
-    PClarc,
-    PreclusteredTeacher,
-    Projection,
-    RRClarc,
-    correct_and_evaluate,
-    evaluate,
-)
+from didae_xai.benchmark.compare import CORRECTORS, AtomPlan, correction_row, make_corrector
+from didae_xai.benchmark.report import PAPER_CLAIM
+from didae_xai.correct import evaluate
 from didae_xai.data.square import square_benchmark
 from didae_xai.dictionary import ProcrustesDictionary
 from didae_xai.explain import DiDAE
 
 ATTRIBUTES = ["ColorA", "ColorB", "PositionX", "PositionY"]
-PAPER_CLAIM = "DiDAE-CFKD ahead of GroupDRO, DFR, P-ClArC and RR-ClArC in average group accuracy (SPEC §9)"
+PLAN = AtomPlan(tuple(ATTRIBUTES), task="ColorA", confounder="ColorB")
 
 
 def main() -> None:
@@ -66,34 +54,18 @@ def main() -> None:
     dictionary = ProcrustesDictionary(names=ATTRIBUTES).fit(
         ae.embed(fit_split.images), torch.stack([fit_split.factors[a] for a in ATTRIBUTES], 1)
     )
-    correction_data = CorrectionData.from_benchmark(data)
     result: dict = {"paper_claim": PAPER_CLAIM, "threads": args.threads, "seed": args.seed, "max_shift": args.max_shift}
 
     for name in args.students.split(","):
         student = artifacts.students[name]
         baseline = evaluate(student, data.test)["aga"]
         explainer = DiDAE(student, ae, dictionary, max_shift=args.max_shift).fit(data.train.float_images())
-        correctors = {
-            "erm": ERM(),
-            "didae_cfkd_preclustered": CFKD(explainer, PreclusteredTeacher(("ColorA",)), max_factuals=args.max_factuals),
-            "didae_cfkd_oracle": CFKD(explainer, OracleTeacher(teacher), max_factuals=args.max_factuals),
-            "didae_projection": Projection(dictionary=dictionary, atoms=("ColorB",),
-                                           embedder=None if name == "probe" else ae.backbone),
-            "p_clarc": PClarc(),
-            "a_clarc": AClarc(),
-            "rr_clarc": RRClarc(),
-            "groupdro": GroupDRO(),
-            "dfr": DFR(seed=args.seed),
-        }
+        embedder = None if name == "probe" else ae.backbone
         result[name] = {"probe_fidelity": explainer.probe.fidelity}
-        for cname, corrector in correctors.items():
-            row = correct_and_evaluate(corrector, student, correction_data, data.test, baseline_aga=baseline)
-            row.pop("model")
-            record = row.pop("record")
-            if cname.startswith("didae_cfkd"):
-                row["cfkd"] = {k: record.get(k) for k in ("n_counterfactuals", "verdict_counts", "feedback_accuracy",
-                                                         "n_train_counterfactuals", "selected_epoch", "explain_seconds")}
-            result[name][cname] = row
+        for cname in CORRECTORS:
+            corrector = make_corrector(cname, explainer, dictionary, PLAN, teacher=teacher, embedder=embedder,
+                                       max_factuals=args.max_factuals, seed=args.seed)
+            row = result[name][cname] = correction_row(cname, corrector, student, data, baseline)
             print(f"{name:7s} {cname:24s} AGA {row['aga']:.3f}  WGA {row['wga']:.3f}  gain {row['gain']:+.3f}  "
                   f"{row['minutes']:.2f} min", flush=True)
 

@@ -264,3 +264,28 @@ def test_step_cache_resumes_unless_forced(tmp_path):
     assert StepCache(tmp_path).run("s", {"a": 1}, compute, print) == {"value": 1}  # resumed
     assert StepCache(tmp_path).run("s", {"a": 2}, compute, print) == {"value": 2}  # another config
     assert StepCache(tmp_path, force=True).run("s", {"a": 2}, compute, print) == {"value": 3}
+
+
+def test_make_corrector_builds_every_corrector_by_name():
+    from types import SimpleNamespace
+
+    from didae_xai.benchmark.compare import AtomPlan, make_corrector
+    from didae_xai.correct import CFKD, OracleTeacher, PreclusteredTeacher, Projection
+    from didae_xai.dictionary import ProcrustesDictionary
+
+    plan = AtomPlan(("ColorA", "ColorB"), task="ColorA", confounder="ColorB")
+    explainer = SimpleNamespace(explain=lambda images, target=None: None)
+    z, attributes = torch.randn(64, 6), torch.rand(64, 2)
+    dictionary = ProcrustesDictionary(names=list(plan.attributes)).fit(z, attributes)
+    teacher = torch.nn.Linear(2, 2)
+    built = {name: make_corrector(name, explainer, dictionary, plan, teacher=teacher, max_factuals=7) for name in CORRECTORS}
+    assert [type(c).__name__ for c in built.values()] == ["ERM", "CFKD", "CFKD", "Projection", "PClarc", "AClarc",
+                                                          "RRClarc", "GroupDRO", "DFR"]
+    assert isinstance(built["didae_cfkd_preclustered"].teacher, PreclusteredTeacher)
+    assert isinstance(built["didae_cfkd_oracle"].teacher, OracleTeacher)
+    assert isinstance(built["didae_cfkd_oracle"], CFKD) and built["didae_cfkd_oracle"].max_factuals == 7
+    assert isinstance(built["didae_projection"], Projection)
+    with pytest.raises(ValueError, match="needs the teacher"):
+        make_corrector("didae_cfkd_oracle", explainer, dictionary, plan)
+    with pytest.raises(ValueError, match="Unknown corrector 'jtt'"):
+        make_corrector("jtt", explainer, dictionary, plan)

@@ -93,3 +93,27 @@ def test_cosine_schedule_decays_to_zero():
     assert abs(_learning_rate(cfg, 50, 100) - 0.05) < 1e-12
     assert _learning_rate(cfg, 100, 100) < 1e-12
     assert _learning_rate(TrainConfig(lr=0.1), 99, 100) == 0.1
+
+
+def test_predict_labels_scales_uint8_batches_and_restores_the_mode():
+    from didae_xai.models.inference import as_unit_float, predict_labels
+
+    class MeanRed(nn.Module):
+        """Class 1 when the mean red value exceeds 0.5 (on [0, 1] inputs)."""
+
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            red = x[:, 0].mean((1, 2)) - 0.5 + self.bias
+            return torch.stack([-red, red], 1)
+
+    images = torch.randint(0, 256, (7, 3, 4, 4), dtype=torch.uint8)
+    model = MeanRed().train()
+    expected = (images[:, 0].float().mean((1, 2)) / 255 > 0.5).long()
+    assert torch.equal(predict_labels(model, images, batch_size=3), expected)  # uint8 scaled, batches joined
+    assert torch.equal(predict_labels(model, as_unit_float(images), batch_size=2), expected)
+    assert model.training  # the caller's mode is restored
+    empty = predict_labels(model, images[:0])
+    assert empty.dtype == torch.long and empty.numel() == 0

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from didae_xai.autoencoder.unet import ConditionalUNet
 from didae_xai.io import load_checkpoint, save_checkpoint
+from didae_xai.models.inference import as_unit_float
 
 
 @dataclass(frozen=True)
@@ -231,8 +232,7 @@ def _same_config(saved: dict, current: dict) -> bool:
 
 def _to_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] or float [0, 1] -> float [-1, 1]."""
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    return 2 * x - 1
+    return 2 * as_unit_float(images) - 1
 
 
 def train_autoencoder(

@@ -302,27 +302,33 @@ class ExplanationMemo:
         return getattr(self.explainer, name)
 
 
-def make_corrector(name: str, student_name: str, student, explainer, dictionary, models: ComparisonModels,
-                   plan: AtomPlan, preset: ComparePreset, seed: int):
-    """A corrector of the comparison by name, sized by the preset (end-to-end students fine-tune
-    for ``preset.correct_epochs``)."""
+def make_corrector(name: str, explainer, dictionary, plan: AtomPlan, teacher=None, embedder=None, config=None,
+                   max_factuals: int | None = None, seed: int = 0):
+    """A corrector of the comparison by name (:data:`CORRECTORS`).
+
+    Args:
+        explainer: the DiDAE explainer CFKD asks for counterfactuals.
+        dictionary: the Procrustes dictionary whose confounder atom the projection removes.
+        plan: which atom is the task (the pre-clustered teacher's "true" atom) and which the confounder.
+        teacher: the balanced-data teacher (``didae_cfkd_oracle`` only).
+        embedder: the backbone that carries the atoms into an end-to-end student's feature space
+            (projection; ``None`` for an FM probe, which reads the embedding itself).
+        config: training of correctors that fine-tune (CFKD, GroupDRO); ``None``: their defaults.
+        max_factuals: training factuals CFKD explains.
+    """
     from didae_xai.correct import (CFKD, DFR, ERM, AClarc, GroupDRO, OracleTeacher, PClarc, PreclusteredTeacher,
                                    Projection, RRClarc)
-    from didae_xai.correct.base import has_trainable_body
-    from didae_xai.correct.loop import FULL_CONFIG
 
-    full = replace(FULL_CONFIG, epochs=preset.correct_epochs, seed=seed) if has_trainable_body(student) else None
     if name == "erm":
         return ERM()
     if name == "didae_cfkd_preclustered":
-        return CFKD(explainer, PreclusteredTeacher((plan.task,)), config=full, max_factuals=preset.cfkd_factuals, seed=seed)
+        return CFKD(explainer, PreclusteredTeacher((plan.task,)), config=config, max_factuals=max_factuals, seed=seed)
     if name == "didae_cfkd_oracle":
-        if models.teacher is None:
+        if teacher is None:
             raise ValueError("didae_cfkd_oracle needs the teacher; it was not trained.")
-        return CFKD(explainer, OracleTeacher(models.teacher), config=full, max_factuals=preset.cfkd_factuals, seed=seed)
+        return CFKD(explainer, OracleTeacher(teacher), config=config, max_factuals=max_factuals, seed=seed)
     if name == "didae_projection":
-        return Projection(dictionary=dictionary, atoms=(plan.confounder,),
-                          embedder=None if student_name == "probe" else models.autoencoder.backbone)
+        return Projection(dictionary=dictionary, atoms=(plan.confounder,), embedder=embedder)
     if name == "p_clarc":
         return PClarc()
     if name == "a_clarc":
@@ -330,22 +336,37 @@ def make_corrector(name: str, student_name: str, student, explainer, dictionary,
     if name == "rr_clarc":
         return RRClarc()
     if name == "groupdro":
-        return GroupDRO(config=full)
-    return DFR(seed=seed)
+        return GroupDRO(config=config)
+    if name == "dfr":
+        return DFR(seed=seed)
+    raise ValueError(f"Unknown corrector {name!r}; known: {', '.join(CORRECTORS)}.")
 
 
 def correct_step(name: str, student_name: str, student, explainer, dictionary, models, data, plan, preset, seed,
                  baseline_aga: float) -> dict:
-    from didae_xai.correct import CorrectionData, correct_and_evaluate
+    from didae_xai.correct.base import has_trainable_body
+    from didae_xai.correct.loop import FULL_CONFIG
 
     torch.manual_seed(seed)
-    corrector = make_corrector(name, student_name, student, explainer, dictionary, models, plan, preset, seed)
+    # End-to-end students fine-tune for the preset's epochs; probes train their head with the defaults.
+    full = replace(FULL_CONFIG, epochs=preset.correct_epochs, seed=seed) if has_trainable_body(student) else None
+    corrector = make_corrector(name, explainer, dictionary, plan, teacher=models.teacher,
+                               embedder=None if student_name == "probe" else models.autoencoder.backbone, config=full,
+                               max_factuals=preset.cfkd_factuals, seed=seed)
+    return correction_row(name, corrector, student, data, baseline_aga)
+
+
+def correction_row(name: str, corrector, student, data: BenchmarkData, baseline_aga: float) -> dict:
+    """Correct ``student`` and score it on the balanced test set: the JSON row of one corrector
+    (group accuracies, AGA, WGA, Gain, labels used, minutes; CFKD's counterfactual counts)."""
+    from didae_xai.correct import CorrectionData, correct_and_evaluate
+
     row = correct_and_evaluate(corrector, student, CorrectionData.from_benchmark(data), data.test, baseline_aga=baseline_aga)
     row.pop("model")
     record = row.pop("record")
     if name.startswith("didae_cfkd"):
         row["cfkd"] = {k: record.get(k) for k in ("n_counterfactuals", "verdict_counts", "feedback_accuracy",
-                                                 "n_train_counterfactuals", "selected_epoch")}
+                                                 "n_train_counterfactuals", "selected_epoch", "explain_seconds")}
     return row
 
 

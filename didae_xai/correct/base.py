@@ -24,6 +24,8 @@ from torch import nn
 from didae_xai.backbones.base import Backbone
 from didae_xai.data.base import BenchmarkData, ImageDataset
 from didae_xai.metrics.groups import gain, group_report
+from didae_xai.models.inference import as_unit_float as as_input
+from didae_xai.models.inference import device_of, predict_labels
 
 #: Labels a :class:`CorrectionData` can hand out. ``group`` and ``artifact`` both read the confounder
 #: label ``a`` (as group ids ``g = 2y + a`` or as artifact/clean flags); withholding one of them makes
@@ -196,20 +198,6 @@ def resolve_head_only(model: nn.Module, head_only: bool | None) -> bool:
     return bool(head_only)
 
 
-def as_input(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float in [0, 1]; float tensors pass through."""
-    return batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """The device of a module's first parameter or buffer (CPU for an empty module)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def _images(data: ImageDataset | torch.Tensor) -> torch.Tensor:
     return data.images if isinstance(data, ImageDataset) else data
 
@@ -231,15 +219,7 @@ def features_of(model: nn.Module, data: ImageDataset | torch.Tensor, batch_size:
 @torch.no_grad()
 def predict(model: nn.Module, data: ImageDataset | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Hard predictions of ``model`` on a dataset (or image tensor), in eval mode."""
-    images, device = _images(data), device_of(model)
-    was_training = model.training
-    model.eval()
-    try:
-        preds = [model(as_input(images[i : i + batch_size]).to(device)).argmax(1).cpu()
-                 for i in range(0, len(images), batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    return predict_labels(model, _images(data), batch_size)
 
 
 def set_head(model: nn.Module, head: nn.Linear) -> nn.Module:

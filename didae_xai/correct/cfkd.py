@@ -209,7 +209,7 @@ class CFKD(Corrector):
 
     def _correct(self, model: nn.Module, data: CorrectionData) -> CorrectionResult:
         if callable(getattr(self.teacher, "infer_num_classes", None)):
-            teacher_classes = self.teacher.infer_num_classes(data.train.images[:1].float() / 255.0)
+            teacher_classes = self.teacher.infer_num_classes(as_input(data.train.images[:1]))
         else:
             teacher_classes = getattr(self.teacher, "num_classes", None)
         if teacher_classes is not None and teacher_classes != model.head.out_features:

@@ -17,6 +17,7 @@ from torch import nn
 
 from didae_xai.io import load_json, load_tensors
 from didae_xai.models.classifiers import TimmClassifier
+from didae_xai.models.inference import as_unit_float, device_of, predict_labels
 from didae_xai.models.training import TrainConfig, fit
 
 SURROGATE_KIND = "timm_leaky_softplus"
@@ -150,29 +151,6 @@ def pgd_l2(
     return x_adv
 
 
-def _as_unit_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-@torch.no_grad()
-def _hard_predictions(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Argmax predictions on CPU, chunk by chunk on the model's device, in eval mode."""
-    device = _device_of(model)
-    was_training = model.training
-    model.eval()
-    try:
-        preds = [model(_as_unit_float(images[i : i + batch_size]).to(device)).argmax(1).cpu()
-                 for i in range(0, len(images), batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(preds).long()
-
-
 class _DistillStep(nn.Module):
     """What :func:`fit` trains. ``fit`` hands a model only its inputs, but the attack also needs the
     labels, so the inputs are sample indices and this wrapper looks up both image and label."""
@@ -187,8 +165,8 @@ class _DistillStep(nn.Module):
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         index = index.round().long()
-        device = _device_of(self.surrogate)
-        x = _as_unit_float(self.images[index]).to(device)
+        device = device_of(self.surrogate)
+        x = as_unit_float(self.images[index]).to(device)
         if not self.adversarial:
             return self.surrogate(x)
         x_adv = pgd_l2(self.surrogate, x, self.labels[index].to(device), self.eps, self.steps)
@@ -245,7 +223,7 @@ def distill_surrogate(
     if images.dtype != torch.uint8:
         if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
             raise ValueError("Float images must be finite and lie in [0, 1]; pass uint8 images or scale them.")
-    labels = _hard_predictions(student, images)
+    labels = predict_labels(student, images)
     num_classes = int(getattr(student, "num_classes", max(2, int(labels.max()) + 1)))
 
     torch.manual_seed(seed)
@@ -260,7 +238,7 @@ def distill_surrogate(
     history = fit(step, torch.arange(len(images)), labels, loss, replace(cfg, seed=seed),
                   checkpoint=checkpoint, desc="surrogate", progress=progress)
     surrogate.eval()
-    surrogate.fidelity_ = (_hard_predictions(surrogate, images) == labels).float().mean().item()
+    surrogate.fidelity_ = (predict_labels(surrogate, images) == labels).float().mean().item()
     surrogate.label_counts_ = torch.bincount(labels, minlength=num_classes).tolist()
     surrogate.history_ = history
     return surrogate

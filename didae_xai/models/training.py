@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from didae_xai.data.base import ImageDataset
 from didae_xai.io import load_checkpoint, save_checkpoint
 from didae_xai.models.classifiers import Classifier, ProbeClassifier, TimmClassifier
+from didae_xai.models.inference import as_unit_float, device_of
 
 
 @dataclass
@@ -70,10 +71,6 @@ def optimization_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: 
     loss.backward()
     optimizer.step()
     return loss.item()
-
-
-def _as_float(batch: torch.Tensor) -> torch.Tensor:
-    return batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
 
 
 def _epoch_order(n: int, labels: torch.Tensor | None, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
@@ -135,7 +132,7 @@ def fit(
         start = history["resumed_from"] = int(state["epoch"])
     labels = targets if targets.dtype == torch.long and targets.ndim == 1 else None
     # Data stays where it is; each batch moves to the model's device.
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
 
     steps_per_epoch = math.ceil(len(inputs) / cfg.batch_size)
     bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, initial=start, total=cfg.epochs)
@@ -145,7 +142,7 @@ def fit(
         total, seen = 0.0, 0
         for b, i in enumerate(range(0, len(order), cfg.batch_size)):
             idx = order[i : i + cfg.batch_size]
-            loss = loss_fn(model(_as_float(inputs[idx]).to(device)), targets[idx].to(device))
+            loss = loss_fn(model(as_unit_float(inputs[idx]).to(device)), targets[idx].to(device))
             lr = learning_rate(cfg, epoch * steps_per_epoch + b, cfg.epochs * steps_per_epoch)
             total += optimization_step(optimizer, loss, lr, f"{desc}, epoch {epoch}") * len(idx)
             seen += len(idx)
