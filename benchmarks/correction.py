@@ -7,7 +7,12 @@ generator validation split. Correctors: ``erm``, ``didae_cfkd_preclustered`` (ta
 all others false), ``didae_cfkd_oracle`` (the teacher trained on balanced data), ``didae_projection``
 (the ColorB atom projected out), ``p_clarc``, ``a_clarc``, ``rr_clarc``, ``groupdro``, ``dfr``.
 
-    python benchmarks/correction.py --models runs/square32 --json OUT.json
+``--cfkd-baselines dime,fastdime,ace`` adds ``<method>_cfkd_oracle``: the same CFKD with the oracle
+teacher, fed by a gradient-based explainer instead of DiDAE (scales 8 to 50 for DiME/FastDiME, 200 PGD
+iterations for ACE, as ``benchmarks/speed.py``), so that Gain compares the explainers. The pre-clustered
+teacher needs named atoms, which these methods do not have.
+
+    python benchmarks/correction.py --models runs/square32 --json OUT.json [--cfkd-baselines fastdime]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from didae_xai.baselines import ACE, EXTENDED_SCALES, DiME, FastDiME
 from didae_xai.benchmark import load_artifacts
 from didae_xai.benchmark.compare import CORRECTORS, AtomPlan, correction_row, make_corrector
 from didae_xai.benchmark.report import PAPER_CLAIM
@@ -28,6 +34,11 @@ from didae_xai.explain import DiDAE
 
 ATTRIBUTES = ["ColorA", "ColorB", "PositionX", "PositionY"]
 PLAN = AtomPlan(tuple(ATTRIBUTES), task="ColorA", confounder="ColorB")
+BASELINES = {
+    "dime": lambda student, ae, seed: DiME(student, ae, scales=EXTENDED_SCALES, seed=seed, internal_batch_size=16),
+    "fastdime": lambda student, ae, seed: FastDiME(student, ae, scales=EXTENDED_SCALES, seed=seed, internal_batch_size=16),
+    "ace": lambda student, ae, seed: ACE(student, ae, iterations=200, seed=seed, internal_batch_size=16),
+}
 
 
 def main() -> None:
@@ -38,9 +49,15 @@ def main() -> None:
     parser.add_argument("--max-factuals", type=int, default=256, help="CFKD: training factuals explained")
     parser.add_argument("--max-shift", type=float, default=None,
                         help="DiDAE: bound each move to this many standard deviations of the data along the atom")
+    parser.add_argument("--cfkd-baselines", default="",
+                        help=f"comma-separated subset of {','.join(BASELINES)}: CFKD (oracle teacher) fed by these explainers too")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    baselines = [b.strip() for b in args.cfkd_baselines.split(",") if b.strip()]
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        parser.error(f"unknown --cfkd-baselines {unknown}; choose from {', '.join(BASELINES)}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     models = Path(args.models)
@@ -62,10 +79,12 @@ def main() -> None:
         explainer = DiDAE(student, ae, dictionary, max_shift=args.max_shift).fit(data.train.float_images())
         embedder = None if name == "probe" else ae.backbone
         result[name] = {"probe_fidelity": explainer.probe.fidelity}
-        for cname in CORRECTORS:
-            corrector = make_corrector(cname, explainer, dictionary, PLAN, teacher=teacher, embedder=embedder,
+        jobs = [(cname, cname, explainer) for cname in CORRECTORS]
+        jobs += [(f"{b}_cfkd_oracle", "didae_cfkd_oracle", BASELINES[b](student, ae, args.seed)) for b in baselines]
+        for cname, kind, source in jobs:
+            corrector = make_corrector(kind, source, dictionary, PLAN, teacher=teacher, embedder=embedder,
                                        max_factuals=args.max_factuals, seed=args.seed)
-            row = result[name][cname] = correction_row(cname, corrector, student, data, baseline)
+            row = result[name][cname] = correction_row(kind, corrector, student, data, baseline)
             print(f"{name:7s} {cname:24s} AGA {row['aga']:.3f}  WGA {row['wga']:.3f}  gain {row['gain']:+.3f}  "
                   f"{row['minutes']:.2f} min", flush=True)
 

@@ -49,6 +49,9 @@ def test_smoke_run_writes_every_figure_of_the_contract(smoke):
         assert results["correctors"][student]["erm"]["gain"] == pytest.approx(0.0, abs=1e-9)
         assert results["correctors"][student]["erm"]["aga"] == pytest.approx(results["students"][student]["aga"])
     assert results["correctors"]["probe"]["groupdro"]["labels_used"] == ["y", "group"]
+    cfkd = results["correctors"]["probe"]["didae_cfkd_oracle"]["cfkd"]
+    assert sum(cfkd["verdicts"].values()) == cfkd["n_counterfactuals"]  # every counterfactual was judged
+    assert sum(cfkd["train_counterfactuals_by_atom"].values()) == cfkd["n_train_counterfactuals"]
     assert results["config"]["preset"]["name"] == "smoke" and results["config"]["seed"] == 0
     assert results["versions"]["torch"] == torch.__version__
     assert results["device"] == "cpu" and results["threads"] >= 1 and results["minutes"]["total"] > 0

@@ -376,6 +376,7 @@ def test_cfkd_dataset_holds_the_false_counterfactuals_with_original_labels(probl
     rec = result.record
     assert rec["n_factuals"] == 60 and rec["n_counterfactuals"] == 120
     assert rec["verdicts"][FALSE] == len(cf) == rec["n_train_counterfactuals"] > 0
+    assert rec["train_counterfactuals_by_atom"] == {"spurious": len(cf)}  # only the shortcut atom's flips are kept
     n_true = rec["verdicts"].get(TRUE, 0)
     assert rec["feedback_accuracy"] == pytest.approx(n_true / (n_true + len(cf)))
     assert rec["labels_used"] == ["y", "atom verdicts"] and rec["trained"] == "head"

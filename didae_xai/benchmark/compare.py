@@ -365,8 +365,9 @@ def correction_row(name: str, corrector, student, data: BenchmarkData, baseline_
     row.pop("model")
     record = row.pop("record")
     if name.startswith("didae_cfkd"):
-        row["cfkd"] = {k: record.get(k) for k in ("n_counterfactuals", "verdict_counts", "feedback_accuracy",
-                                                 "n_train_counterfactuals", "selected_epoch", "explain_seconds")}
+        row["cfkd"] = {k: record.get(k) for k in ("n_counterfactuals", "verdicts", "feedback_accuracy",
+                                                 "n_train_counterfactuals", "train_counterfactuals_by_atom",
+                                                 "selected_epoch", "explain_seconds")}
     return row
 
 

@@ -165,7 +165,8 @@ class CFKD(Corrector):
         seed: seeds the factual choice (training uses ``config.seed``).
 
     The record holds ``n_counterfactuals``, ``verdicts``, ``feedback_accuracy``, ``n_train_counterfactuals``
-    (the "false" ones kept), ``epochs`` and ``selected_epoch``; ``result.artifacts`` holds
+    (the "false" ones kept) and ``train_counterfactuals_by_atom`` (which atoms they came from), ``epochs``
+    and ``selected_epoch``; ``result.artifacts`` holds
     ``counterfactual_dataset`` and ``val_counterfactual_dataset`` (also kept on the corrector as
     ``counterfactual_dataset_`` / ``val_counterfactual_dataset_``).
     """
@@ -237,6 +238,7 @@ class CFKD(Corrector):
             "verdicts": stats["verdicts"],
             "feedback_accuracy": stats["feedback_accuracy"],
             "n_train_counterfactuals": stats["n_kept"],
+            "train_counterfactuals_by_atom": dict(Counter(src["atom"] for src in stats["sources"])),
             "n_val_counterfactuals": 0 if cf_val is None else len(cf_val),
             "val_verdicts": None if val_stats is None else val_stats["verdicts"],
             "explain_seconds": stats["explain_seconds"] + (val_stats["explain_seconds"] if val_stats else 0.0),
