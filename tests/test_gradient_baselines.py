@@ -131,6 +131,12 @@ def test_classifier_scales_are_tried_in_turn_on_the_unflipped(still_ae):
     assert by_scale["4"] <= by_scale["40"] <= by_scale["400"]
     with pytest.raises(RuntimeError, match="explain"):
         FastDiME(model, still_ae, tau=8).flip_rate_by_scale()
+    # Scales are tried in the given order, ascending or not.
+    down = FastDiME(model, still_ae, tau=8, scales=(400.0, 4.0), masking=False, seed=5)
+    down.explain(x)
+    by_scale = down.flip_rate_by_scale()
+    assert list(by_scale) == ["400", "4"] and by_scale["400"] > 0
+    assert by_scale["400"] <= by_scale["4"] == pytest.approx(down.last_output_.info["flipped"].float().mean().item())
 
 
 # ---------------------------------------------------------------------------------------------- interface

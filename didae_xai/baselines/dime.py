@@ -117,7 +117,9 @@ class GuidedDiffusionCounterfactual(GradientCounterfactualExplainer):
         if self.last_output_ is None:
             raise RuntimeError("Call explain() first: the flip rate by scale is that of the last explanation.")
         used, flipped = self.last_output_.info["scale"], self.last_output_.info["flipped"]
-        return {f"{s:g}": (flipped & (used <= s)).float().mean().item() for s in self.scales}
+        # By position in the list, not by value: the scales need not be ascending.
+        return {f"{s:g}": (flipped & torch.isin(used, torch.tensor(self.scales[: i + 1], dtype=used.dtype))).float().mean().item()
+                for i, s in enumerate(self.scales)}
 
     # ------------------------------------------------------------------ hooks
     def _clean_estimate(
