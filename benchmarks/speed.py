@@ -23,8 +23,9 @@ the artifacts of ``benchmarks/students.py --out DIR`` (``fm``, ``probe``, ``resn
   the value at 15 is what the published scales 8, 10, 15 alone give).
 - Baseline settings: DiME / FastDiME tau = 60 of 200 respaced steps (the UNet's T = 1000: every 5th
   training step), scales 8, 10, 15 continued to 20, 30, 50 (``--scales``; ``EXTENDED_SCALES``), L1
-  0.05, FastDiME masking after 30 steps (dilation 5, threshold 0.15); ACE 5 of 50 respaced steps, PGD step 1/255, L1 0.001, dilation 15, threshold 0.15 and 200
-  iterations (``--ace-iterations``; the reference's 50 cannot reach Square's class boundary).
+  0.05, FastDiME masking after 30 steps (dilation 5, threshold 0.15); ACE 5 of 50 respaced steps,
+  PGD step 1/255, L1 0.001, dilation 15, threshold 0.15 and 200 iterations (``--ace-iterations``; the
+  reference's 50 cannot reach Square's class boundary).
 - ``threads``, ``steps`` (per method), ``batch_size`` (``batch_size_by_method``), ``device``.
 
     python benchmarks/speed.py --models runs/square32 --json OUT.json [--student resnet] [--factuals 32]
