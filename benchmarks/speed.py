@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from didae_xai.baselines import ACE, EXTENDED_SCALES, DiME, FastDiME
+from didae_xai.baselines.dime import check_scales
 from didae_xai.benchmark import load_artifacts
 from didae_xai.data.poisoning import balanced_indices, round_robin_order
 from didae_xai.data.square import square_benchmark
@@ -71,7 +72,8 @@ def main() -> None:
     parser.add_argument("--respacing", type=int, default=200, help="DiME/FastDiME respaced steps")
     parser.add_argument("--scales", default=",".join(f"{s:g}" for s in EXTENDED_SCALES),
                         help="DiME/FastDiME classifier scales tried in turn: the published 8,10,15 continued to 50, "
-                             "which Square's poisoned ResNet needs; flip_rate_by_scale gives the figure at 15 too")
+                             "with which FastDiME reaches Square's poisoned ResNet's boundary; flip_rate_by_scale "
+                             "gives the figure at 15 too")
     parser.add_argument("--ace-iterations", type=int, default=200,
                         help="ACE's PGD iterations: 50 (CelebA) / 100 (ImageNet) in the reference; with steps of 1/255 "
                              "they bound every pixel's change by iterations/255, and Square's classes lie 0.25-0.5 away "
@@ -84,7 +86,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    scales = [float(v) for v in args.scales.split(",") if v.strip()]
+    try:
+        scales = check_scales([float(v) for v in args.scales.split(",") if v.strip()])
+    except ValueError as err:
+        parser.error(f"--scales: {err}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:

@@ -68,14 +68,14 @@ def _names(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
 
 
 def _scales(value: str) -> tuple[float, ...]:
-    """Parse ``--guidance-scales`` ("8,10,15"): positive numbers, tried in the given order."""
+    """Parse ``--guidance-scales`` ("8,10,15"): distinct positive numbers, tried in the given order."""
+    from didae_xai.baselines.dime import check_scales
+
     try:
-        scales = tuple(float(v) for v in value.split(",") if v.strip())
+        return tuple(check_scales([float(v) for v in value.split(",") if v.strip()]))
     except ValueError:
-        scales = ()
-    if not scales or any(s <= 0 for s in scales):
-        raise typer.BadParameter(f"--guidance-scales needs comma-separated positive numbers such as 8,10,15; got {value!r}.")
-    return scales
+        raise typer.BadParameter(f"--guidance-scales needs comma-separated distinct positive numbers such as 8,10,15; "
+                                 f"got {value!r}.") from None
 
 
 def _options(preset: str, dataset: str, data_root: Optional[Path], explainers: str, correctors: str, students: str,
@@ -90,7 +90,7 @@ def _options(preset: str, dataset: str, data_root: Optional[Path], explainers: s
     if preset not in PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
     chosen = PRESETS[preset]
-    if guidance_scales:
+    if guidance_scales is not None:
         chosen = chosen.replace(guidance_scales=_scales(guidance_scales))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

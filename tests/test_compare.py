@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -77,11 +78,14 @@ def test_smoke_run_writes_every_figure_of_the_contract(smoke):
 
 
 def test_guidance_scales_option_reaches_the_baselines_and_the_report(smoke, tmp_path):
-    store, _, _ = smoke
+    store, first, _ = smoke
     out = tmp_path / "scales"
-    result = invoke("compare", "--preset", "smoke", "--out", str(out), "--store", str(store), "--students", "resnet",
-                    "--explainers", "fastdime", "--correctors", "erm", "--guidance-scales", "8,10,15,20")
+    shutil.copytree(first, out)  # a finished run: only the steps that read the scales may run again
+    result = invoke("compare", "--preset", "smoke", "--out", str(out), "--store", str(store),
+                    "--explainers", "didae_procrustes,fastdime", "--correctors", "erm", "--guidance-scales", "8,10,15,20")
     assert result.exit_code == 0, result.output
+    assert "explaining the resnet student with fastdime" in result.output
+    assert "resumed explain__resnet__didae_procrustes" in result.output and "resumed correct__probe__erm" in result.output
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["preset"]["guidance_scales"] == [8.0, 10.0, 15.0, 20.0]
     assert results["explainers"]["fastdime"]["settings"]["scales"] == [8.0, 10.0, 15.0, 20.0]
@@ -180,8 +184,11 @@ def test_explain_command_writes_a_grid(smoke, tmp_path):
         (("--dataset", "celeba"), "--data-root"),
         (("--dataset", "metadata_csv", "--data-root", "/no/such/folder"), "does not exist"),
         (("--students", "probe", "--explain-student", "resnet"), "not among the students"),
-        (("--guidance-scales", "8,ten"), "comma-separated positive numbers"),
-        (("--guidance-scales", "8,-1"), "comma-separated positive numbers"),
+        (("--guidance-scales", "8,ten"), "comma-separated distinct positive numbers"),
+        (("--guidance-scales", "8,-1"), "comma-separated distinct positive numbers"),
+        (("--guidance-scales", "8,8"), "comma-separated distinct positive numbers"),
+        (("--guidance-scales", "8,nan"), "comma-separated distinct positive numbers"),
+        (("--guidance-scales", ""), "comma-separated distinct positive numbers"),
     ],
 )
 def test_clear_errors(args, message, tmp_path):

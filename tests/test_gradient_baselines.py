@@ -272,6 +272,9 @@ def test_cfkd_registry_and_errors(random_ae):
         DiME(RedRule(), random_ae, tau=500)
     with pytest.raises(ValueError, match="odd"):
         FastDiME(RedRule(), random_ae, dilation=4)
+    for bad in ((), (8.0, 8.0), (8.0, float("inf")), (0.0,)):
+        with pytest.raises(ValueError, match="distinct positive finite classifier scales"):
+            DiME(RedRule(), random_ae, scales=bad)
     with pytest.raises(ValueError, match="16x16 images, got 32x32"):
         ACE(RedRule(), random_ae).explain(torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match="one counterfactual per factual"):

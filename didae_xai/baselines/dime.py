@@ -50,8 +50,17 @@ PUBLISHED_SCALES: tuple[float, ...] = (8.0, 10.0, 15.0)
 #: The published scales continued (about x1.5 each) for classifiers whose boundary they do not reach. On
 #: Square 32x32 the poisoned ResNet-18's shortcut is the whole background, and the per-pixel pull of the
 #: classifier gradient there is about that of the L1 term at scale 15: with the published scales FastDiME
-#: flips 19-44 % of the factuals, with these 75-100 % (the benchmarks' figures, docs/benchmarks.rst).
+#: flips 19-44 % of the factuals, with these 94-100 % (the benchmarks' figures, docs/benchmarks.rst).
 EXTENDED_SCALES: tuple[float, ...] = PUBLISHED_SCALES + (20.0, 30.0, 50.0)
+
+
+def check_scales(scales: Sequence[float]) -> list[float]:
+    """Classifier scales as floats, in the given order; non-empty, finite, positive and distinct."""
+    values = [float(s) for s in scales]
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values) or len(set(values)) != len(values):
+        raise ValueError(f"scales must be distinct positive finite classifier scales tried in turn (e.g. 8, 10, 15), "
+                         f"got {list(scales)}.")
+    return values
 
 
 class GuidedDiffusionCounterfactual(GradientCounterfactualExplainer):
@@ -62,8 +71,10 @@ class GuidedDiffusionCounterfactual(GradientCounterfactualExplainer):
             :class:`~didae_xai.baselines.guided.GradientCounterfactualExplainer`.
         tau: reverse steps from the noised factual (60 of ``respacing``).
         respacing: respaced steps over the UNet's training schedule (200).
-        scales: classifier scales, tried in turn until the prediction flips (:data:`PUBLISHED_SCALES`: 8, 10,
-            15; :data:`EXTENDED_SCALES` continues them to 50 for classifiers the published ones cannot flip).
+        scales: classifier scales, tried in turn until the prediction flips
+            (:data:`~didae_xai.baselines.dime.PUBLISHED_SCALES`: 8, 10, 15;
+            :data:`~didae_xai.baselines.dime.EXTENDED_SCALES` continues them to 50 for classifiers the
+            published ones cannot flip).
         l1_weight: weight of ``||z_t - x||_1`` (0.05).
         loss: ``"logit"`` (the references' ``use_logits=True``) or ``"log_prob"``
             (see :func:`~didae_xai.baselines.guided.target_loss`).
@@ -93,15 +104,13 @@ class GuidedDiffusionCounterfactual(GradientCounterfactualExplainer):
         **kwargs,
     ):
         super().__init__(model, autoencoder, **kwargs)
-        if not scales or any(float(s) <= 0 for s in scales):
-            raise ValueError(f"scales must be a non-empty sequence of positive classifier scales, got {scales}.")
+        self.scales = check_scales(scales)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
         if l1_weight < 0:
             raise ValueError(f"l1_weight must be >= 0, got {l1_weight}.")
         self.tau, self.respacing = int(tau), int(respacing)
         self._engine(self.respacing).tail(self.tau)  # validates tau and respacing now
-        self.scales = [float(s) for s in scales]
         self.l1_weight = float(l1_weight)
         self.loss = loss
         self.perceptual, self.perceptual_weight = perceptual, float(perceptual_weight)

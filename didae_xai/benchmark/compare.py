@@ -34,6 +34,10 @@ from didae_xai.metrics import explanation_scores, group_report, square_oracle_la
 
 EXPLAINERS = ("didae_procrustes", "didae_svd", "dime", "fastdime", "ace")
 GRADIENT_EXPLAINERS = ("dime", "fastdime", "ace")
+#: Preset fields only the gradient baselines read: the other steps' resume keys leave them out, so
+#: that, e.g., another ``--guidance-scales`` reruns DiME and FastDiME only.
+GRADIENT_FIELDS = ("factuals_slow", "factuals_dime", "tau", "respacing", "guidance_scales", "ace_iterations",
+                   "ace_steps", "ace_respacing")
 CORRECTORS = ("erm", "didae_cfkd_preclustered", "didae_cfkd_oracle", "didae_projection",
               "p_clarc", "a_clarc", "rr_clarc", "groupdro", "dfr")
 STUDENTS = ("probe", "resnet")
@@ -307,7 +311,7 @@ def make_corrector(name: str, explainer, dictionary, plan: AtomPlan, teacher=Non
     """A corrector of the comparison by name (:data:`CORRECTORS`).
 
     Args:
-        explainer: the DiDAE explainer CFKD asks for counterfactuals.
+        explainer: the explainer CFKD asks for counterfactuals (DiDAE, or a gradient baseline).
         dictionary: the Procrustes dictionary whose confounder atom the projection removes.
         plan: which atom is the task (the pre-clustered teacher's "true" atom) and which the confounder.
         teacher: the balanced-data teacher (``didae_cfkd_oracle`` only).
@@ -372,6 +376,24 @@ def correction_row(name: str, corrector, student, data: BenchmarkData, baseline_
 
 
 # ---------------------------------------------------------------------------------------- run
+def step_models(keys: dict, student: str, name: str) -> dict:
+    """The stored models a step's result depends on (its resume key): its student, the foundation model
+    and the autoencoder (the dictionaries, DiDAE's decoder, the baselines' UNet), and the teacher for
+    the oracle CFKD only; so that running fewer students or correctors does not redo the other steps."""
+    wanted = {student, "fm", "autoencoder"} | ({"teacher"} if name == "didae_cfkd_oracle" else set())
+    return {k: v for k, v in keys.items() if k in wanted}
+
+
+def step_preset(preset: ComparePreset, name: str) -> dict:
+    """The preset fields a step's result depends on (its resume key): all of them for the gradient
+    baselines, all but theirs (:data:`GRADIENT_FIELDS`) for DiDAE and the correctors."""
+    fields = preset.to_dict()
+    if name not in GRADIENT_EXPLAINERS:
+        for field_name in GRADIENT_FIELDS:
+            fields.pop(field_name)
+    return fields
+
+
 def run_compare(
     options: CompareOptions,
     out: str | Path,
@@ -425,7 +447,6 @@ def run_compare(
     pick = balanced_indices(data.test.y, data.test.a, per_group, seed=options.seed)
     pick = pick[round_robin_order(data.test.y[pick], data.test.a[pick])][: p.factuals]
     factuals = data.test.subset(pick)
-    model_keys = dict(models.keys)
 
     explain_start = time.perf_counter()
     explainers_by_student: dict = {}
@@ -438,7 +459,8 @@ def run_compare(
             if name in GRADIENT_EXPLAINERS and student_name != options.primary_student:
                 continue  # the slow baselines explain the primary student only
             figure = out / "figures" / f"counterfactuals_{name}.png" if student_name == options.primary_student else None
-            key = {"step": "explain", "name": name, "student": student_name, "preset": p.to_dict(), "models": model_keys,
+            key = {"step": "explain", "name": name, "student": student_name, "preset": step_preset(p, name),
+                   "models": step_models(models.keys, student_name, name),
                    "seed": options.seed, "max_shift": options.shift}
 
             def compute(name=name, student_name=student_name, student=student, figure=figure, surrogate=surrogate) -> dict:
@@ -473,7 +495,8 @@ def run_compare(
                 explainer.fit(train_images)
             explainer = ExplanationMemo(explainer)
         for name in options.correctors:
-            key = {"step": "correct", "name": name, "student": student_name, "preset": p.to_dict(), "models": model_keys,
+            key = {"step": "correct", "name": name, "student": student_name, "preset": step_preset(p, name),
+                   "models": step_models(models.keys, student_name, name),
                    "seed": options.seed, "max_shift": options.shift}
 
             def compute(name=name, student_name=student_name, student=student, explainer=explainer, baseline=baseline) -> dict:

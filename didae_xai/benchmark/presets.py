@@ -37,8 +37,8 @@ class ComparePreset:
         tau, respacing: DiME/FastDiME noise level and respaced steps.
         guidance_scales: DiME/FastDiME classifier scales, tried in turn until the prediction flips
             (the published 8, 10, 15; ``quick`` continues them to 50, because on Square 32x32 the published
-            ones flip the poisoned ResNet on fewer than half of the factuals; the report gives the flip
-            rate at every scale, so the published-scales figure is in it too).
+            ones let FastDiME flip the poisoned ResNet on fewer than half of the factuals, DiME on 1 of
+            4 in ``quick``; the report gives the flip rate at every scale, the published-scales figure too).
         ace_iterations, ace_steps, ace_respacing: ACE's PGD iterations and its diffusion steps.
         max_shift: DiDAE moves at most this many standard deviations of the data along an atom
             (``None``: the paper's unbounded reflection). With a CPU-sized autoencoder, an unbounded

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from didae_xai.models.classifiers import Classifier
+from didae_xai.models.inference import device_of
 
 
 # ------------------------------------------------------------------------------------------ pure math
@@ -156,7 +157,7 @@ class HeadWithFeatureEdit(Classifier):
     def __init__(self, student: Classifier, edit: nn.Module | None = None, head: nn.Linear | None = None):
         super().__init__()
         self.student = student
-        device = next(iter(list(student.parameters()) + list(student.buffers())), torch.zeros(0)).device
+        device = device_of(student)
         self.edit = (edit if edit is not None else nn.Identity()).to(device)
         self.new_head = head.to(device) if head is not None else None
         self.config = {"kind": "edited", "student": dict(getattr(student, "config", {})), "edit": type(self.edit).__name__}

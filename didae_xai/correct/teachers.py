@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from didae_xai.explain.explanation import CounterfactualExplanation
+from didae_xai.models.inference import device_of, predict_labels
 
 TRUE = "true"
 FALSE = "false"
@@ -99,17 +100,6 @@ def _apply_ood(rows: list[list[str | None]], explanation: CounterfactualExplanat
                 row[j] = OUT_OF_DISTRIBUTION
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    device = next(iter(list(model.parameters()) + list(model.buffers())), x).device
-    was_training = model.training
-    model.eval()
-    try:
-        return torch.cat([model(x[i : i + batch_size].float().to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
-
-
 def _num_classes(model: nn.Module) -> int | None:
     n = getattr(model, "num_classes", None)
     if isinstance(n, int):
@@ -147,7 +137,7 @@ class OracleTeacher:
     def infer_num_classes(self, images: torch.Tensor) -> int:
         """``num_classes``, read from the classifier's output on ``images`` (a few, in [0, 1]) if unknown."""
         if self.num_classes is None:
-            device = next(iter(list(self.classifier.parameters()) + list(self.classifier.buffers())), images).device
+            device = device_of(self.classifier)
             was_training = self.classifier.training
             self.classifier.eval()
             try:
@@ -163,15 +153,15 @@ class OracleTeacher:
             return []
         labels = torch.as_tensor(factual_labels).long()
         cf = explanation.counterfactuals.reshape(n * k, *explanation.counterfactuals.shape[2:])
-        t_fact = _predict(self.classifier, explanation.factuals, self.batch_size)
-        t_cf = _predict(self.classifier, cf, self.batch_size).reshape(n, k)
+        t_fact = predict_labels(self.classifier, explanation.factuals, self.batch_size)
+        t_cf = predict_labels(self.classifier, cf, self.batch_size).reshape(n, k)
         for i in range(n):
             if rows[i][0] != STUDENT_WRONG and t_fact[i] != labels[i]:
                 rows[i] = [TEACHER_WRONG] * k
         _apply_ood(rows, explanation, self.ood_score, self.ood_threshold)
         adversarial = explanation.cf_pred.long() != explanation.target.long()[:, None]
         if self.surrogate is not None:
-            adversarial |= _predict(self.surrogate, cf, self.batch_size).reshape(n, k) != explanation.target.long()[:, None]
+            adversarial |= predict_labels(self.surrogate, cf, self.batch_size).reshape(n, k) != explanation.target.long()[:, None]
         out = []
         for i in range(n):
             for j in range(k):
