@@ -8,8 +8,8 @@ all others false), ``didae_cfkd_oracle`` (the teacher trained on balanced data),
 (the ColorB atom projected out), ``p_clarc``, ``a_clarc``, ``rr_clarc``, ``groupdro``, ``dfr``.
 
 ``--cfkd-baselines dime,fastdime,ace`` adds ``<method>_cfkd_oracle``: the same CFKD with the oracle
-teacher, fed by a gradient-based explainer instead of DiDAE (scales 8 to 50 for DiME/FastDiME, 200 PGD
-iterations for ACE, as ``benchmarks/speed.py``), so that Gain compares the explainers. The pre-clustered
+teacher, fed by a gradient-based explainer instead of DiDAE (with the ``quick`` preset's settings: scales
+8 to 50 for DiME/FastDiME, 200 PGD iterations for ACE), so that Gain compares the explainers. The pre-clustered
 teacher needs named atoms, which these methods do not have.
 
     python benchmarks/correction.py --models runs/square32 --json OUT.json [--cfkd-baselines fastdime]
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from didae_xai.baselines import ACE, EXTENDED_SCALES, DiME, FastDiME
 from didae_xai.benchmark import load_artifacts
-from didae_xai.benchmark.compare import CORRECTORS, AtomPlan, correction_row, make_corrector
+from didae_xai.benchmark.compare import CORRECTORS, GRADIENT_EXPLAINERS, AtomPlan, correction_row, make_corrector, make_explainer
+from didae_xai.benchmark.presets import PRESETS
 from didae_xai.benchmark.report import PAPER_CLAIM
 from didae_xai.correct import evaluate
 from didae_xai.data.square import square_benchmark
@@ -34,11 +34,7 @@ from didae_xai.explain import DiDAE
 
 ATTRIBUTES = ["ColorA", "ColorB", "PositionX", "PositionY"]
 PLAN = AtomPlan(tuple(ATTRIBUTES), task="ColorA", confounder="ColorB")
-BASELINES = {
-    "dime": lambda student, ae, seed: DiME(student, ae, scales=EXTENDED_SCALES, seed=seed, internal_batch_size=16),
-    "fastdime": lambda student, ae, seed: FastDiME(student, ae, scales=EXTENDED_SCALES, seed=seed, internal_batch_size=16),
-    "ace": lambda student, ae, seed: ACE(student, ae, iterations=200, seed=seed, internal_batch_size=16),
-}
+BASELINES = GRADIENT_EXPLAINERS
 
 
 def main() -> None:
@@ -80,7 +76,8 @@ def main() -> None:
         embedder = None if name == "probe" else ae.backbone
         result[name] = {"probe_fidelity": explainer.probe.fidelity}
         jobs = [(cname, cname, explainer) for cname in CORRECTORS]
-        jobs += [(f"{b}_cfkd_oracle", "didae_cfkd_oracle", BASELINES[b](student, ae, args.seed)) for b in baselines]
+        jobs += [(f"{b}_cfkd_oracle", "didae_cfkd_oracle", make_explainer(b, student, artifacts, {}, PRESETS["quick"], args.seed))
+                 for b in baselines]
         for cname, kind, source in jobs:
             corrector = make_corrector(kind, source, dictionary, PLAN, teacher=teacher, embedder=embedder,
                                        max_factuals=args.max_factuals, seed=args.seed)

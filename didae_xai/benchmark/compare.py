@@ -218,7 +218,8 @@ class StepCache:
 # ---------------------------------------------------------------------------------------- explain
 def make_explainer(name: str, student, models: ComparisonModels, dictionaries: dict, preset: ComparePreset,
                    seed: int, probe=None, batch_size: int = 16, class_names=None, max_shift: float | None = None):
-    """An explainer of the comparison by name; the gradient baselines drive the autoencoder's UNet."""
+    """An explainer of the comparison by name; the gradient baselines drive the autoencoder's UNet.
+    ``models`` needs only ``.autoencoder`` (a :class:`ComparisonModels` or the benchmark scripts' artifacts)."""
     from didae_xai.baselines import ACE, DiME, FastDiME
     from didae_xai.explain import DiDAE
 

@@ -31,6 +31,13 @@ def line(ax, value, **style):
     ax.plot(grid, (value - b - w[0] * grid) / w[1], **style)
 
 
+def move(ax, z_new, color, label):
+    """An arrow from the factual ``z`` to ``z_new``, with a dot and a label at its end."""
+    ax.annotate("", xy=tuple(z_new[0]), xytext=tuple(z[0]), arrowprops=dict(arrowstyle="-|>", color=color, lw=2))
+    ax.scatter(*z_new[0], color=color, zorder=3)
+    ax.annotate(label, z_new[0] + torch.tensor([0.08, -0.25]), color=color, fontsize=8)
+
+
 ax = axes[0]
 m = float(margin(z, w, b))
 ax.fill_between(grid, (-b - w[0] * grid) / w[1], 4, color="tab:orange", alpha=0.08)
@@ -40,19 +47,7 @@ ax.scatter(*z[0], color="black", zorder=3)
 ax.annotate("z", z[0] + torch.tensor([0.08, 0.08]), fontsize=10)
 for name, u in atoms.items():
     z_cf, _ = boundary_inversion(z, w, u, b, lam=2.0)
-    ax.annotate(
-        "",
-        xy=tuple(z_cf[0]),
-        xytext=tuple(z[0]),
-        arrowprops=dict(arrowstyle="-|>", color=colors[name], lw=2),
-    )
-    ax.scatter(*z_cf[0], color=colors[name], zorder=3)
-    ax.annotate(
-        f"z' along {name}",
-        z_cf[0] + torch.tensor([0.08, -0.25]),
-        color=colors[name],
-        fontsize=8,
-    )
+    move(ax, z_cf, colors[name], f"z' along {name}")
 z_h = householder_reflection(z, w, b)
 ax.annotate(
     "",
@@ -82,20 +77,7 @@ ax.annotate("mean", mean + torch.tensor([0.08, -0.25]), fontsize=8)
 ax.scatter(*z[0], color="black", zorder=3)
 ax.annotate("z", z[0] + torch.tensor([0.08, 0.08]), fontsize=10)
 for name, u in atoms.items():
-    z_r = component_reflection(z, mean, u)
-    ax.annotate(
-        "",
-        xy=tuple(z_r[0]),
-        xytext=tuple(z[0]),
-        arrowprops=dict(arrowstyle="-|>", color=colors[name], lw=2),
-    )
-    ax.scatter(*z_r[0], color=colors[name], zorder=3)
-    ax.annotate(
-        f"reflect {name}",
-        z_r[0] + torch.tensor([0.08, -0.25]),
-        color=colors[name],
-        fontsize=8,
-    )
+    move(ax, component_reflection(z, mean, u), colors[name], f"reflect {name}")
 ax.set_title("Component reflection about the mean (no classifier)", fontsize=9)
 
 for ax in axes:
