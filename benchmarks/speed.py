@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from didae_xai.baselines import ACE, EXTENDED_SCALES, DiME, FastDiME
-from didae_xai.baselines.dime import check_scales
+from didae_xai.baselines.dime import parse_scales
 from didae_xai.benchmark import load_artifacts
 from didae_xai.data.poisoning import balanced_indices, round_robin_order
 from didae_xai.data.square import square_benchmark
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     try:
-        scales = check_scales([float(v) for v in args.scales.split(",") if v.strip()])
+        scales = parse_scales(args.scales)
     except ValueError as err:
         parser.error(f"--scales: {err}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

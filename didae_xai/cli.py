@@ -69,10 +69,10 @@ def _names(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
 
 def _scales(value: str) -> tuple[float, ...]:
     """Parse ``--guidance-scales`` ("8,10,15"): distinct positive numbers, tried in the given order."""
-    from didae_xai.baselines.dime import check_scales
+    from didae_xai.baselines.dime import parse_scales
 
     try:
-        return tuple(check_scales([float(v) for v in value.split(",") if v.strip()]))
+        return tuple(parse_scales(value))
     except ValueError:
         raise typer.BadParameter(f"--guidance-scales needs comma-separated distinct positive numbers such as 8,10,15; "
                                  f"got {value!r}.") from None
